@@ -1,0 +1,40 @@
+"""Shared CLI plumbing: one-line errors with exit code 2, no tracebacks for user mistakes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from tunehouse.errors import TunehouseError
+
+
+def quiet_libraries() -> None:
+    """Silence library progress bars and advisory warnings that would drown our output."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def run_app(app: Any) -> None:
+    """Run the typer app; map domain errors to ``error: ...`` on stderr and exit 2."""
+    quiet_libraries()
+    try:
+        app(standalone_mode=True)
+    except TunehouseError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,1 @@
+"""Data room: record formats, validation, tokenisation and batching. No torch training, no DB."""

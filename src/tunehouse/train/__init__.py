@@ -1,0 +1,1 @@
+"""Training room: torch, transformers and peft live here."""
