@@ -1,0 +1,5 @@
+"""``python -m tunehouse``."""
+
+from tunehouse.cli import main
+
+main()

@@ -1,0 +1,247 @@
+"""The one training loop (supervised fine-tuning, LoRA or full).
+
+Per optimiser step: the step's examples (length-grouped, see ``data.packing``) are split into
+micro-batches under a token budget, each runs forward in bf16 autocast where the hardware has
+it, the loss is computed only on trained tokens (``train.model.trained_token_loss``) and
+normalised by the trained tokens of the whole step, gradients accumulate, then AdamW steps at
+the scheduled learning rate. Logging, checkpointing and evaluation live in their own modules;
+this file only sequences them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunehouse import models
+from tunehouse.config import TrainConfig
+from tunehouse.data.packing import epoch_batches, micro_batches
+from tunehouse.errors import InvalidRequest
+from tunehouse.train import data as tdata
+from tunehouse.train.callbacks import TrainCallbacks
+from tunehouse.train.hparams import Resolved, lr_at, resolve
+from tunehouse.train.model import (
+    autocast_context,
+    collate,
+    trained_token_loss,
+    wrap_for_training,
+)
+from tunehouse.train.outputs import MetricsLog
+from tunehouse.train.state import RunState, finish_run, restore, save_checkpoint
+
+TOKEN_BUDGET = 8192  # padded tokens per micro-batch
+
+
+@dataclass
+class TrainResult:
+    out_dir: str
+    steps: int
+    total_steps: int
+    trained_tokens: int  # non-padding tokens processed (OpenAI's trained_tokens)
+    best_step: int | None
+    stopped_early: bool
+    interrupted: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainer:
+    """Holds one run's model, data and state; ``run()`` trains to completion or a stop."""
+
+    def __init__(self, cfg: TrainConfig, callbacks: TrainCallbacks):
+        self.cfg, self.cb = cfg.check(), callbacks
+        self.out = Path(cfg.out)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.source = models.resolve(cfg.model)
+        self.tokenizer = models.load_tokenizer(self.source)
+        self._load_data()
+        self.hp: Resolved = resolve(cfg, n_examples=len(self.train_set),
+                                    context_length=self.context)
+        self.model = self._load_model()
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(params, lr=self.hp.learning_rate,
+                                     weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        self.state = RunState()
+        self.metrics = MetricsLog(self._prepare_out())
+        self.autocast = lambda: autocast_context(cfg.precision, self.device)
+        self._valid_cursor = 0
+
+    # ----- set-up -------------------------------------------------------------------------
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        base = models.resolve(self.source.adapter_of) if self.source.adapter_of else self.source
+        self.base_name = base.name
+        self.context = _context_of(base.path)
+        max_len = self.context if cfg.max_length == "auto" else int(cfg.max_length)
+        max_len = min(max_len, 2048) if cfg.max_length == "auto" else max_len
+        tdata.check_files(cfg.train_file, cfg.validation_file, self.tokenizer, max_len)
+        train_recs = tdata.read_records(cfg.train_file)
+        valid_recs: list[dict[str, Any]] = []
+        if cfg.validation_file:
+            valid_recs = tdata.read_records(cfg.validation_file)
+        elif cfg.validation_split > 0:
+            train_recs, valid_recs = tdata.split(train_recs, cfg.validation_split, cfg.seed)
+        self.train_set = tdata.encode_records(train_recs, self.tokenizer, max_len)
+        self.valid_set = tdata.encode_records(valid_recs, self.tokenizer, max_len)
+        if not self.train_set:
+            raise InvalidRequest("No training example has assistant tokens to learn from.",
+                                 param="training_file")
+
+    def _load_model(self) -> Any:
+        torch.manual_seed(self.cfg.seed)
+        if self.source.adapter_of:  # continue training an existing adapter
+            from peft import PeftModel
+
+            base = models.load_model(models.resolve(self.source.adapter_of), device=self.device)
+            model = PeftModel.from_pretrained(base, self.source.path, is_trainable=True)
+        else:
+            model = wrap_for_training(models.load_model(self.source, device=self.device), self.cfg)
+        model.config.use_cache = False
+        return model.train()
+
+    def _prepare_out(self) -> Path:
+        ckpts = self.out / "checkpoints"
+        if not self.cfg.resume and ckpts.is_dir() and any(ckpts.iterdir()):
+            raise InvalidRequest(f"Output directory {self.out} already holds a run; pass --resume "
+                                 "to continue it or choose another --out.", param="out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        return self.out
+
+    # ----- training -------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        if self.cfg.resume:
+            restore(self)
+        self.cb.on_message("info", f"Training {self.base_name} on {len(self.train_set)} examples "
+                           f"for {self.hp.total_steps} steps ({self.hp.n_epochs} epochs, batch "
+                           f"{self.hp.batch_size}, lr {self.hp.learning_rate:g}).")
+        lengths = [e.length for e in self.train_set]
+        st = self.state
+        while st.step < self.hp.total_steps and not st.stopped_early:
+            batches = epoch_batches(lengths, self.hp.batch_size, seed=self.cfg.seed, epoch=st.epoch)
+            for b in range(st.step_in_epoch, len(batches)):
+                if self.cb.should_stop():
+                    save_checkpoint(self, epoch_end=False)
+                    st.interrupted = True
+                    return self._result()
+                row = self._step(batches[b])
+                st.step_in_epoch = b + 1
+                epoch_end = st.step_in_epoch == len(batches)
+                if epoch_end and self.valid_set:
+                    row.update(self._full_validation())
+                self.metrics.append(row)
+                self.cb.on_metrics(row)
+                if epoch_end or st.step % self.hp.save_every == 0 or st.step >= self.hp.total_steps:
+                    save_checkpoint(self, epoch_end=epoch_end)
+                if st.step >= self.hp.total_steps or st.stopped_early:
+                    break
+            else:
+                st.epoch, st.step_in_epoch = st.epoch + 1, 0
+        finish_run(self)
+        return self._result()
+
+    def _step(self, batch: list[int]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        st, hp = self.state, self.hp
+        lr = lr_at(st.step, hp.total_steps, hp.learning_rate, self.cfg.warmup_ratio)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        n_targets = sum(self.train_set[i].n_targets for i in batch)
+        loss_sum, correct, tokens = 0.0, 0, 0
+        lengths = [e.length for e in self.train_set]
+        for mb in micro_batches(batch, lengths, max(TOKEN_BUDGET, max(lengths[i] for i in batch))):
+            ids, att, lab = collate([(self.train_set[i].input_ids, self.train_set[i].labels)
+                                     for i in mb], self.tokenizer.pad_token_id)
+            ids, att, lab = ids.to(self.device), att.to(self.device), lab.to(self.device)
+            with self.autocast():
+                loss, n, c = trained_token_loss(self.model, ids, att, lab)
+            (loss / n_targets).backward()
+            loss_sum, correct, tokens = loss_sum + float(loss.detach()), correct + c, tokens + int(att.sum())
+        params = [p for g in self.opt.param_groups for p in g["params"]]
+        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        st.step += 1
+        st.trained_tokens += tokens
+        dt = time.perf_counter() - t0
+        row = {"step": st.step, "total_steps": hp.total_steps, "epoch": st.epoch + 1,
+               "train_loss": loss_sum / n_targets, "train_mean_token_accuracy": correct / n_targets,
+               "learning_rate": lr, "tokens": tokens, "trained_tokens": st.trained_tokens,
+               "tokens_per_second": tokens / dt if dt > 0 else None, "step_seconds": dt}
+        if self.valid_set and st.step % hp.eval_every == 0:
+            row.update(self._valid_batch())
+        return row
+
+    # ----- validation -----------------------------------------------------------------------
+    @torch.no_grad()
+    def _loss_over(self, idx: list[int]) -> tuple[float, float]:
+        self.model.eval()
+        lengths = [self.valid_set[i].length for i in idx]
+        total, n_all, c_all = 0.0, 0, 0
+        for mb in micro_batches(list(range(len(idx))), lengths, max(TOKEN_BUDGET, max(lengths))):
+            ex = [self.valid_set[idx[j]] for j in mb]
+            ids, att, lab = collate([(e.input_ids, e.labels) for e in ex],
+                                    self.tokenizer.pad_token_id)
+            with self.autocast():
+                loss, n, c = trained_token_loss(self.model, ids.to(self.device),
+                                                att.to(self.device), lab.to(self.device))
+            total, n_all, c_all = total + float(loss), n_all + n, c_all + c
+        self.model.train()
+        return total / max(1, n_all), c_all / max(1, n_all)
+
+    def _valid_batch(self) -> dict[str, float]:
+        k = min(len(self.valid_set), self.hp.batch_size)
+        idx = [(self._valid_cursor + j) % len(self.valid_set) for j in range(k)]
+        self._valid_cursor = (self._valid_cursor + k) % len(self.valid_set)
+        loss, acc = self._loss_over(idx)
+        return {"valid_loss": loss, "valid_mean_token_accuracy": acc}
+
+    def _full_validation(self) -> dict[str, float]:
+        loss, acc = self._loss_over(list(range(len(self.valid_set))))
+        st = self.state
+        if st.best_loss is None or loss < st.best_loss - 1e-6:
+            st.best_loss, st.best_step, st.bad_epochs = loss, st.step, 0
+        else:
+            st.bad_epochs += 1
+            if self.cfg.patience and st.bad_epochs >= self.cfg.patience:
+                st.stopped_early = True
+                self.cb.on_message("info", f"Early stopping at step {st.step}: full validation "
+                                   f"loss has not improved for {st.bad_epochs} epoch(s); best "
+                                   f"{st.best_loss:.4f} at step {st.best_step}.")
+        return {"full_valid_loss": loss, "full_valid_mean_token_accuracy": acc}
+
+    def _result(self) -> TrainResult:
+        st = self.state
+        return TrainResult(out_dir=str(self.out), steps=st.step, total_steps=self.hp.total_steps,
+                           trained_tokens=st.trained_tokens, best_step=st.best_step,
+                           stopped_early=st.stopped_early, interrupted=st.interrupted,
+                           metrics=self.metrics.rows[-1] if self.metrics.rows else {})
+
+
+def _context_of(path: str) -> int:
+    import json
+
+    cfg_path = Path(path) / "config.json"
+    if cfg_path.is_file():
+        value = json.loads(cfg_path.read_text()).get("max_position_embeddings")
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainResult:
+    """Fine-tune ``cfg.model`` on ``cfg.train_file`` and write ``cfg.out`` (see module doc).
+
+    Raises:
+        InvalidFile: the training or validation file fails validation (line-exact message).
+        InvalidConfig / InvalidRequest: bad options, or ``out`` holds a run and not ``resume``.
+        ModelNotFound: ``cfg.model`` cannot be resolved.
+    """
+    result = Trainer(cfg, callbacks or TrainCallbacks()).run()
+    if not math.isfinite(result.metrics.get("train_loss", 0.0) or 0.0):
+        raise InvalidRequest("Training diverged (loss is not finite); lower the learning rate.",
+                             param="learning_rate_multiplier")
+    return result

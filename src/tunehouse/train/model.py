@@ -1,0 +1,97 @@
+"""Model set-up for training and the loss on trained tokens only.
+
+The language-model head is applied only to positions whose next token is trained (assistant
+tokens), in chunks: prompt tokens never materialise full-vocabulary logits. For SmolLM2 with a
+49k vocabulary this is most of the memory and a large share of the compute of a naive
+``model(input_ids, labels=...)`` call.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tunehouse.config import TrainConfig
+
+IGNORE_INDEX = -100
+HEAD_CHUNK = 2048  # trained positions per lm_head chunk
+
+
+def wrap_for_training(model: Any, cfg: TrainConfig) -> Any:
+    """LoRA on all linear layers (default) or full fine-tuning (``cfg.full``)."""
+    if cfg.full:
+        model.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    lcfg = LoraConfig(
+        r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout,
+        target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lcfg)
+
+
+def causal_lm(model: Any) -> Any:
+    """The underlying ``*ForCausalLM`` (unwrapping PEFT) whose ``.model`` and ``.lm_head`` we use."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def trained_token_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Summed cross-entropy over trained tokens, their count and the number predicted right.
+
+    Returns the *sum* (not mean) so gradient accumulation over micro-batches can normalise by
+    the number of trained tokens in the whole optimiser step.
+    """
+    lm = causal_lm(model)
+    hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    h = hidden[:, :-1][mask]
+    y = targets[mask]
+    n = int(y.numel())
+    if n == 0:
+        return hidden.sum() * 0.0, 0, 0
+    total = hidden.new_zeros((), dtype=torch.float32)
+    correct = 0
+    for s in range(0, n, HEAD_CHUNK):
+        logits = lm.lm_head(h[s:s + HEAD_CHUNK]).float()
+        total = total + F.cross_entropy(logits, y[s:s + HEAD_CHUNK], reduction="sum")
+        correct += int((logits.detach().argmax(-1) == y[s:s + HEAD_CHUNK]).sum())
+    return total, n, correct
+
+
+def collate(examples: list[tuple[list[int], list[int]]], pad_id: int
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad ``(input_ids, labels)`` pairs into tensors with an attention mask."""
+    width = max(len(ids) for ids, _ in examples)
+    ids_t = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    lab_t = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    att_t = torch.zeros((len(examples), width), dtype=torch.long)
+    for r, (ids, labels) in enumerate(examples):
+        ids_t[r, :len(ids)] = torch.tensor(ids)
+        lab_t[r, :len(labels)] = torch.tensor(labels)
+        att_t[r, :len(ids)] = 1
+    return ids_t, att_t, lab_t
+
+
+def autocast_context(precision: str, device: str) -> Any:
+    """bf16 autocast where it is fast (CPUs with AMX/AVX-512-BF16, CUDA with bf16), else no-op."""
+    import contextlib
+
+    use = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
+
+
+def bf16_is_fast(device: str) -> bool:
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

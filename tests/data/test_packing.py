@@ -1,0 +1,29 @@
+from tunehouse.data.packing import epoch_batches, micro_batches
+
+
+def test_epoch_batches_cover_every_example_once_and_are_deterministic():
+    lengths = [(i * 37) % 101 + 1 for i in range(103)]
+    a = epoch_batches(lengths, 8, seed=1, epoch=0)
+    assert sorted(i for b in a for i in b) == list(range(103))
+    assert a == epoch_batches(lengths, 8, seed=1, epoch=0)
+    assert a != epoch_batches(lengths, 8, seed=1, epoch=1)
+
+
+def test_length_grouping_reduces_padding():
+    lengths = [(i * 37) % 101 + 1 for i in range(512)]
+    grouped = epoch_batches(lengths, 8, seed=0, epoch=0)
+    naive = epoch_batches(lengths, 8, seed=0, epoch=0, group=1)
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b)
+                   for b in batches)
+
+    assert padding(grouped) < 0.3 * padding(naive)
+
+
+def test_micro_batches_respect_budget():
+    lengths = [10, 50, 20, 40, 30]
+    mbs = micro_batches(range(5), lengths, 60)
+    assert sorted(i for m in mbs for i in m) == list(range(5))
+    for m in mbs:
+        assert len(m) == 1 or max(lengths[i] for i in m) * len(m) <= 60
