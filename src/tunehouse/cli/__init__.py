@@ -14,6 +14,7 @@ app = typer.Typer(
 
 # Each command module registers itself on ``app`` when imported.
 from tunehouse.cli import train as _train  # noqa: E402,F401
+from tunehouse.cli import validate as _validate  # noqa: E402,F401
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ from tunehouse.train.model import (
     autocast_context,
     collate,
     trained_token_loss,
+    use_bf16,
     wrap_for_training,
 )
 from tunehouse.train.outputs import MetricsLog
@@ -93,13 +94,23 @@ class Trainer:
 
     def _load_model(self) -> Any:
         torch.manual_seed(self.cfg.seed)
+        # LoRA: frozen base weights stay in bf16 where bf16 matmuls are fast (no per-step casts),
+        # the adapters train in fp32. Full fine-tuning keeps fp32 master weights under autocast.
+        dtype = torch.float32
+        if not self.cfg.full and use_bf16(self.cfg.precision, self.device):
+            dtype = torch.bfloat16
         if self.source.adapter_of:  # continue training an existing adapter
             from peft import PeftModel
 
-            base = models.load_model(models.resolve(self.source.adapter_of), device=self.device)
+            base = models.load_model(models.resolve(self.source.adapter_of), device=self.device,
+                                     dtype=dtype)
             model = PeftModel.from_pretrained(base, self.source.path, is_trainable=True)
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
         else:
-            model = wrap_for_training(models.load_model(self.source, device=self.device), self.cfg)
+            base = models.load_model(self.source, device=self.device, dtype=dtype)
+            model = wrap_for_training(base, self.cfg)
         model.config.use_cache = False
         return model.train()
 

@@ -77,21 +77,27 @@ def collate(examples: list[tuple[list[int], list[int]]], pad_id: int
     return ids_t, att_t, lab_t
 
 
+def use_bf16(precision: str, device: str) -> bool:
+    """Whether a run with ``precision`` ("auto" | "bf16" | "fp32") computes in bf16."""
+    return precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
+
+
 def autocast_context(precision: str, device: str) -> Any:
     """bf16 autocast where it is fast (CPUs with AMX/AVX-512-BF16, CUDA with bf16), else no-op."""
     import contextlib
 
-    use = precision == "bf16" or (precision == "auto" and bf16_is_fast(device))
-    if not use:
+    if not use_bf16(precision, device):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
 def bf16_is_fast(device: str) -> bool:
+    """CUDA with bf16 support, or a CPU advertising AMX-BF16 / AVX512-BF16 instructions."""
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     try:
-        flags = open("/proc/cpuinfo").read()
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
