@@ -18,13 +18,8 @@ def quiet_libraries() -> None:
 
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover
-        pass
+    # transformers reads TRANSFORMERS_VERBOSITY when it is first imported; importing it here
+    # would cost every command (even a failing one) seconds.
 
 
 def run_app(app: Any) -> None:

@@ -52,8 +52,14 @@ def _embedded_gguf(name: str) -> Path:
 
 def _convert_gguf(name: str, gguf: Path, target: Path) -> None:
     """Dequantise the GGUF once into ``target`` (safetensors + tokenizer), atomically."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import sys
 
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    print(f"Converting the embedded model {name} to safetensors in {target} (once, ~30 s)...",
+          file=sys.stderr, flush=True)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=target.parent))
     try:

@@ -33,17 +33,39 @@ def read_records(path: str) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def check_files(train_path: str, valid_path: str | None, tokenizer: Any, max_length: int
-                ) -> None:
-    """Run the same validation as ``tunehouse validate``; raise its one-line error if unusable."""
+def check_files(train_path: str, valid_path: str | None, tokenizer: Any, max_length: int,
+                method: str = "supervised") -> None:
+    """Run the same validation as ``tunehouse validate``; raise its one-line error if unusable.
+
+    The file's format must suit ``method`` (chat for supervised, preference pairs for dpo).
+    """
     from tunehouse.data.validate import validate_file
 
     for path, param in ((train_path, "training_file"), (valid_path, "validation_file")):
         if path and not Path(path).is_file():
             raise InvalidFile(f"{param.replace('_', ' ').capitalize()} {path} does not exist.",
                               code="file_not_found", param=param)
-    validate_file(train_path, tokenizer=tokenizer, max_length=max_length,
-                  validation_path=valid_path).raise_if_invalid()
+    report = validate_file(train_path, tokenizer=tokenizer, max_length=max_length,
+                           validation_path=valid_path)
+    require_format(report, method, train_path)
+    report.raise_if_invalid()
+
+
+def require_format(report: Any, method: str, path: str | Path) -> None:
+    """Raise a one-line ``InvalidFile`` when a validated file's format does not suit ``method``."""
+    from tunehouse.data.formats import CHAT, FORMAT_NAMES, PREFERENCE
+
+    if report.format is None or report.format == (PREFERENCE if method == "dpo" else CHAT):
+        return  # an unrecognisable file gets validation's own error
+    if method == "dpo":
+        raise InvalidFile(f"{path} is a {FORMAT_NAMES[report.format]} file, but --method dpo trains on preference"
+                          ' pairs: {"input": {"messages": [...]}, "preferred_output": [{"role":'
+                          ' "assistant", ...}], "non_preferred_output": [...]} per line.',
+                          code="wrong_format_for_method", param=report.param)
+    if report.format == PREFERENCE:
+        raise InvalidFile(f"{path} holds preference pairs (DPO); train it with --method dpo "
+                          '(API: method={"type": "dpo"}), or give chat examples for supervised'
+                          " training.", code="wrong_format_for_method", param=report.param)
 
 
 def encode_records(records: list[dict[str, Any]], tokenizer: Any, max_length: int

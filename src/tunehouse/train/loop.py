@@ -21,7 +21,7 @@ import torch
 from tunehouse import models
 from tunehouse.config import TrainConfig
 from tunehouse.data.packing import epoch_batches, micro_batches
-from tunehouse.errors import InvalidRequest
+from tunehouse.errors import InvalidFile, InvalidRequest
 from tunehouse.train import data as tdata
 from tunehouse.train.callbacks import TrainCallbacks
 from tunehouse.train.hparams import Resolved, lr_at, resolve
@@ -57,6 +57,10 @@ class Trainer:
         self.cfg, self.cb = cfg.check(), callbacks
         self.out = Path(cfg.out)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        for path, param in ((cfg.train_file, "training_file"), (cfg.validation_file, "validation_file")):
+            if path and not Path(path).is_file():  # before any slow model loading
+                raise InvalidFile(f"{param.replace('_', ' ').capitalize()} {path} does not exist.",
+                                  code="file_not_found", param=param)
         self.source = models.resolve(cfg.model)
         self.tokenizer = models.load_tokenizer(self.source)
         self._load_data()
@@ -79,18 +83,22 @@ class Trainer:
         self.context = _context_of(base.path)
         max_len = self.context if cfg.max_length == "auto" else int(cfg.max_length)
         max_len = min(max_len, 2048) if cfg.max_length == "auto" else max_len
-        tdata.check_files(cfg.train_file, cfg.validation_file, self.tokenizer, max_len)
+        tdata.check_files(cfg.train_file, cfg.validation_file, self.tokenizer, max_len, cfg.method)
         train_recs = tdata.read_records(cfg.train_file)
         valid_recs: list[dict[str, Any]] = []
         if cfg.validation_file:
             valid_recs = tdata.read_records(cfg.validation_file)
         elif cfg.validation_split > 0:
             train_recs, valid_recs = tdata.split(train_recs, cfg.validation_split, cfg.seed)
-        self.train_set = tdata.encode_records(train_recs, self.tokenizer, max_len)
-        self.valid_set = tdata.encode_records(valid_recs, self.tokenizer, max_len)
+        self.train_set = self._encode(train_recs, max_len)
+        self.valid_set = self._encode(valid_recs, max_len)
         if not self.train_set:
             raise InvalidRequest("No training example has assistant tokens to learn from.",
                                  param="training_file")
+
+    def _encode(self, records: list[dict[str, Any]], max_len: int) -> list[Any]:
+        """Records -> training examples (a ``.length`` each); ``DpoTrainer`` encodes pairs."""
+        return tdata.encode_records(records, self.tokenizer, max_len)
 
     def _load_model(self) -> Any:
         torch.manual_seed(self.cfg.seed)
@@ -251,7 +259,12 @@ def train(cfg: TrainConfig, callbacks: TrainCallbacks | None = None) -> TrainRes
         InvalidConfig / InvalidRequest: bad options, or ``out`` holds a run and not ``resume``.
         ModelNotFound: ``cfg.model`` cannot be resolved.
     """
-    result = Trainer(cfg, callbacks or TrainCallbacks()).run()
+    trainer_cls: type[Trainer] = Trainer
+    if cfg.method == "dpo":  # preference pairs: same loop, DPO step (imported late: it subclasses)
+        from tunehouse.train.dpo_trainer import DpoTrainer
+
+        trainer_cls = DpoTrainer
+    result = trainer_cls(cfg, callbacks or TrainCallbacks()).run()
     if not math.isfinite(result.metrics.get("train_loss", 0.0) or 0.0):
         raise InvalidRequest("Training diverged (loss is not finite); lower the learning rate.",
                              param="learning_rate_multiplier")

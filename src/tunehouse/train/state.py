@@ -47,6 +47,7 @@ def run_meta(tr: Trainer) -> dict[str, Any]:
         "base_model": tr.base_name,
         "method": tr.cfg.method,
         "full": tr.cfg.full,
+        **({"beta": tr.hp.beta} if tr.cfg.method == "dpo" else {}),  # DPO's KL-penalty strength
         "hyperparameters": tr.hp.to_dict(),
         "lora": None if tr.cfg.full else asdict(tr.cfg.lora),
         "seed": tr.cfg.seed,
