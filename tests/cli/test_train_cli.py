@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import chat_example, write_jsonl
+from th_support import chat_example, write_jsonl
 
 
 def run_cli(*args: str, home: Path, timeout: int = 300) -> subprocess.CompletedProcess:

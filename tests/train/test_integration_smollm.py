@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, embedded_home
+from th_support import REPO, embedded_home
 
 pytestmark = pytest.mark.integration
 DATA = REPO / "examples" / "ticket-triage"

@@ -13,6 +13,9 @@ app = typer.Typer(
 )
 
 # Each command module registers itself on ``app`` when imported.
+from tunehouse.cli import chat as _chat  # noqa: E402,F401
+from tunehouse.cli import eval as _eval  # noqa: E402,F401
+from tunehouse.cli import serve as _serve  # noqa: E402,F401
 from tunehouse.cli import train as _train  # noqa: E402,F401
 from tunehouse.cli import validate as _validate  # noqa: E402,F401
 

@@ -23,11 +23,15 @@ def _auto_or(kind: type, value: str | None, name: str) -> Any:
 
 @app.command()
 def train(
-    train_file: Annotated[str, typer.Option("--train", help="Training chat JSONL.")],
-    validation: Annotated[str | None, typer.Option(help="Validation chat JSONL.")] = None,
+    train_file: Annotated[str, typer.Option("--train", help="Training JSONL: chat, or preference "
+                                            "pairs with --method dpo.")],
+    validation: Annotated[str | None, typer.Option(help="Validation JSONL, same format as --train.")] = None,
     validation_split: Annotated[float | None, typer.Option(help="Hold out this fraction of --train.")] = None,
     model: Annotated[str | None, typer.Option(help="Base model: embedded name, HF dir or run dir.")] = None,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tuning instead of LoRA.")] = False,
+    method: Annotated[str | None, typer.Option(help="supervised (chat examples) or dpo "
+                                               "(preference pairs).")] = None,
+    beta: Annotated[str | None, typer.Option(help="DPO beta in (0, 2] or auto (0.1).")] = None,
     epochs: Annotated[str | None, typer.Option(help="Epochs (1-50) or auto.")] = None,
     batch_size: Annotated[str | None, typer.Option(help="Examples per step (1-256) or auto.")] = None,
     learning_rate_multiplier: Annotated[str | None, typer.Option(help="LR multiplier or auto.")] = None,
@@ -54,6 +58,7 @@ def train(
     cfg = load_config(config, overrides={
         "train_file": train_file, "validation_file": validation, "validation_split": validation_split,
         "model": model, "full": full or None, "epochs": _auto_or(int, epochs, "epochs"),
+        "method": method, "beta": _auto_or(float, beta, "beta"),
         "batch_size": _auto_or(int, batch_size, "batch-size"),
         "learning_rate_multiplier": _auto_or(float, learning_rate_multiplier,
                                              "learning-rate-multiplier"),
@@ -81,6 +86,8 @@ def train(
     parts = [f"train loss {m.get('train_loss', float('nan')):.4f}"]
     if m.get("full_valid_loss") is not None:
         parts.append(f"full validation loss {m['full_valid_loss']:.4f}")
+    if m.get("full_valid_reward_accuracy") is not None:  # DPO
+        parts.append(f"validation reward accuracy {m['full_valid_reward_accuracy']:.2f}")
     typer.echo(f"Done: {result.steps} steps, {result.trained_tokens} tokens, " + ", ".join(parts)
                + (f", best step {result.best_step}" if result.best_step else ""))
     typer.echo(f"Output: {out_dir}  (metrics.csv, loss.png; try: tunehouse chat --model {out_dir})")

@@ -119,7 +119,9 @@ def sequence_logps(model: Any, input_ids: torch.Tensor, attention_mask: torch.Te
     mask = targets != IGNORE_INDEX
     rows = mask.nonzero(as_tuple=True)[0]
     h, y = hidden[:, :-1][mask], targets[mask]
-    out = hidden.new_zeros(input_ids.shape[0], dtype=torch.float32) + hidden.sum() * 0.0
+    out = hidden.new_zeros(input_ids.shape[0], dtype=torch.float32)
+    if y.numel() == 0:
+        return out + hidden.sum() * 0.0  # keep the graph connected for backward()
     for s in range(0, int(y.numel()), HEAD_CHUNK):
         logits = lm.lm_head(h[s:s + HEAD_CHUNK]).float()
         token_logps = -F.cross_entropy(logits, y[s:s + HEAD_CHUNK], reduction="none")
