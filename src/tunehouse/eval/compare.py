@@ -97,12 +97,12 @@ def _load(source: models.ModelSource, placement: tuple[str, Any]) -> tuple[Any, 
                                   merge_adapter=True)
     except (RuntimeError, ValueError, KeyError, OSError) as err:
         text = str(err).strip()
-        first = ("its weight shapes differ" if "size mismatch" in text
-                 else (text.splitlines()[0][:200] if text else type(err).__name__))
-        raise InvalidRequest(
-            f"Cannot load '{source.name}'"
-            + (f" on its base '{source.adapter_of}'" if source.adapter_of else "")
-            + f" (was it trained on another model?): {first}", param="model") from None
+        base = f" on its base '{source.adapter_of}'" if source.adapter_of else ""
+        if "size mismatch" in text:
+            why = " (was it trained on another model?): its weight shapes differ"
+        else:
+            why = ": " + (text.splitlines()[0][:200] if text else type(err).__name__)
+        raise InvalidRequest(f"Cannot load '{source.name}'{base}{why}", param="model") from None
     return model, tok
 
 

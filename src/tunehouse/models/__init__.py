@@ -96,7 +96,8 @@ def resolve(name: str | None) -> ModelSource:
     if path.is_dir():
         return _resolve_dir(name, path)
     offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
-    looks_like_hub = name.count("/") == 1 and set(name) <= _HUB_ID_CHARS and ".." not in name
+    looks_like_hub = (name.count("/") == 1 and set(name) <= _HUB_ID_CHARS and ".." not in name
+                      and not name.startswith(("/", ".", "~")))
     if looks_like_hub and not offline:
         return ModelSource(name=name, path=name)
     known = ", ".join(EMBEDDED)

@@ -12,12 +12,14 @@ LRU cache (``adapters.py``). Prompts are rendered with the tokenizer saved next 
 adapter, i.e. the chat template used in training.
 
 Speed notes, measured on the 2-core AMD EPYC build machine (AVX-512 BF16, no AMX) with the
-embedded SmolLM2-135M: float32 decodes ~14 tok/s at batch 1 and ~75 tok/s at batch 8, while
-bfloat16 managed only ~2.6 and ~20 (no AMX: bf16 matmuls are emulated), so ``dtype="auto"``
-is float32 on CPU and bfloat16 on GPUs. Everything runs under ``torch.inference_mode()``.
-Torch uses one thread per core by default; when other processes keep the cores busy, its
-threads wait on each other and decoding got ~10x slower (2.7 vs 8.7 tok/s at batch 1 with
-2 threads vs 1 on the busy 2-core machine): pass ``threads`` (or set ``OMP_NUM_THREADS``).
+embedded SmolLM2-135M, greedy, 64 new tokens. A bare decode loop ran float32 at ~14 tok/s
+(batch 1) and ~78 tok/s (batch 8) but bfloat16 at only ~2.6 and ~20 (no AMX: bf16 matmuls
+are slow), so ``dtype="auto"`` is float32 on CPU and bfloat16 on GPUs. Everything runs under
+``torch.inference_mode()``; engine overhead (scheduling, sampling, detokenising) is a few
+percent of a step. Torch uses one thread per core by default; while other processes kept the
+cores busy (load 4-9), two threads waited on each other and the engine fell to 1-4 tok/s,
+while ``threads=1`` gave ~5-8.5 tok/s at batch 1 and ~21-29 tok/s at batch 8 (8 different
+prompts): on a shared machine pass ``threads`` or set ``OMP_NUM_THREADS``.
 """
 
 from __future__ import annotations

@@ -37,6 +37,9 @@ function keyForm() {
     h("h1", { id: "key-title" }, "API key"),
     h("p", { id: "api-key-help" }, "This server needs one of its API keys (TUNEHOUSE_API_KEYS). ",
       "It is kept in this browser tab and sent as Authorization: Bearer to the API."),
+    // for password managers; the key has no user name
+    h("input", { type: "text", autocomplete: "username", value: "tunehouse", hidden: true,
+      "aria-hidden": "true", tabindex: -1 }),
     h("label", { for: "api-key" }, "API key"), input,
     h("label", { class: "check" }, remember, " Remember on this browser"),
     error,

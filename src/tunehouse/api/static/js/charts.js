@@ -37,7 +37,8 @@ export async function lossChart(canvas) {
         x: { type: "linear", title: { display: true, text: "step" }, ticks: { precision: 0 } },
         y: { title: { display: true, text: "loss" } },
       },
-      plugins: { legend: { position: "bottom" } },
+      plugins: { legend: { position: "bottom", labels: {
+        filter: (item, data) => data.datasets[item.datasetIndex].data.length > 0 } } },
     },
   });
   return {
@@ -46,6 +47,7 @@ export async function lossChart(canvas) {
       train.data = points(metrics, "train_loss");
       valid.data = points(metrics, "valid_loss");
       full.data = points(metrics, "full_valid_loss");
+      train.pointRadius = train.data.length <= 40 ? 2 : 0; // a short run still shows its points
       canvas.dataset.points = String(train.data.length);
       chart.update("none");
     },

@@ -5,11 +5,13 @@ import { api, fmtBytes, fmtTime, h, showError, table } from "./api.js";
 import { renderReport } from "./report.js";
 
 const DRY_RUN_LIMIT = 32 * 1024 * 1024; // the server's JSON body cap; bigger files upload directly
+let flash = ""; // the upload message, shown again after the page moves to the new file
 
 function uploadForm(onUploaded, showReport) {
   const input = h("input", { id: "upload-file", type: "file", accept: ".jsonl,application/jsonl",
     required: true, "aria-describedby": "upload-help" });
-  const status = h("p", { id: "upload-status", role: "status" });
+  const status = h("p", { id: "upload-status", role: "status" }, flash);
+  flash = "";
   const error = h("p", { id: "upload-error", class: "error", role: "alert", hidden: true });
   const button = h("button", { type: "submit", id: "upload-button" }, "Check and upload");
   const form = h("form", { class: "card", "aria-labelledby": "upload-title" },
@@ -40,7 +42,7 @@ function uploadForm(onUploaded, showReport) {
       form.append("purpose", "fine-tune");
       form.append("file", file, file.name);
       const stored = await api("/v1/files", { method: "POST", body: form });
-      status.textContent = `Uploaded ${file.name} as ${stored.id}.`;
+      status.textContent = flash = `Uploaded ${file.name} as ${stored.id}.`;
       input.value = "";
       onUploaded(stored);
     } catch (err) {

@@ -1,7 +1,7 @@
 // The jobs list: status, model, created, trained tokens and progress; refreshed while any
 // job is still active.
 
-import { api, badge, fmtNum, fmtTime, h, table } from "./api.js";
+import { api, badge, fill, fmtNum, fmtTime, h, table } from "./api.js";
 
 export const ACTIVE = ["validating_files", "queued", "running", "paused"];
 const POLL_MS = 3000;
@@ -55,7 +55,7 @@ async function render(holder) {
       h("a", { href: "#/new" }, "create a job"), "."));
     return false;
   }
-  holder.replaceChildren(table(null, ["Job", "Status", "Model", "Created", "Trained tokens",
+  fill(holder, table(null, ["Job", "Status", "Model", "Created", "Trained tokens",
     "Progress"], rows, { id: "jobs-table", class: "data" }),
   jobs.has_more ? h("p", { class: "muted" }, "Showing the 100 newest jobs.") : null);
   return jobs.data.some((job) => ACTIVE.includes(job.status));

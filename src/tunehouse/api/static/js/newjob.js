@@ -68,6 +68,8 @@ export async function showNewJob(main, query) {
       field("job-model", "Base model", select("job-model", bases.map((m) => [m.id, m.id]),
         { required: true }))),
     h("h2", {}, "Method and hyperparameters"),
+    h("p", { class: "muted" }, "Leave a value at auto to let tunehouse choose it from the size ",
+      "of the data, as OpenAI does; the chosen values show on the job page when it finishes."),
     h("div", { class: "grid three" },
       field("job-method", "Method", select("job-method", [["supervised", "supervised (SFT)"],
         ["dpo", "preference (DPO)"]])),

@@ -1,7 +1,7 @@
 // The playground: one prompt sent to two models (the base model and a fine-tuned model or
 // checkpoint), answers streamed side by side.
 
-import { h, showError, streamChat, api } from "./api.js";
+import { api, h, showError, streamChat } from "./api.js";
 
 function modelSelect(id, models, chosen) {
   const groups = [["Base model", (m) => m.owned_by !== "user"],
@@ -29,14 +29,19 @@ async function runSide(which, model, messages, options, signal) {
   $("answer").textContent = "";
   $("answer").classList.remove("error");
   $("meta").textContent = "Waiting for the first token…";
+  const answer = $("answer");
+  answer.dataset.chunks = "0"; // how many deltas arrived (streaming shows as several)
   const t0 = performance.now();
   try {
-    const usage = await streamChat({ model, messages, ...options },
-      (text) => { $("answer").textContent += text; }, signal);
+    const usage = await streamChat({ model, messages, ...options }, (text) => {
+      answer.textContent += text;
+      answer.dataset.chunks = String(Number(answer.dataset.chunks) + 1);
+    }, signal);
     const seconds = ((performance.now() - t0) / 1000).toFixed(1);
-    $("meta").textContent = usage
+    const blank = answer.textContent.trim() ? "" : " — the answer is empty or only whitespace";
+    $("meta").textContent = (usage
       ? `${usage.completion_tokens} tokens in ${seconds} s (prompt ${usage.prompt_tokens} tokens)`
-      : `done in ${seconds} s`;
+      : `done in ${seconds} s`) + blank;
   } catch (err) {
     if (err.name === "AbortError") {
       $("meta").textContent = "Stopped.";

@@ -1,7 +1,7 @@
 // A file's validation report (``tunehouse validate`` as JSON): verdict, line-exact issues,
 // token statistics and the token-length histogram.
 
-import { fmtNum, h, table } from "./api.js";
+import { fill, fmtNum, h, table } from "./api.js";
 import { histogramChart } from "./charts.js";
 
 function verdict(report) {
@@ -26,7 +26,7 @@ function issues(report) {
     i.message,
   ]);
   return [
-    table("Issues, in line order", ["Line", "Message", "Key", "Severity", "Code", "Problem"], rows,
+    table("Issues, in line order", ["Line", "Message #", "Key", "Severity", "Code", "Problem"], rows,
       { class: "data compact", id: "report-issues" }),
     report.n_issues_omitted
       ? h("p", { class: "muted" }, `${report.n_issues_omitted} more issue(s) not shown.`) : null,
@@ -66,10 +66,12 @@ export async function renderReport(box, report) {
   const tokens = report.stats && report.stats.tokens;
   const canvas = tokens ? h("canvas", { id: "length-histogram", role: "img",
     "aria-label": `Histogram of tokens per example in ${report.file}` }) : null;
-  box.replaceChildren(
+  fill(box,
     h("h2", { id: "report-title" }, "Validation report: ", report.file),
     report.id ? h("p", { class: "mono muted" }, report.id) : null,
     verdict(report),
+    report.id && report.ok ? h("p", {}, h("a", { href: `#/new?file=${report.id}`,
+      class: "button", id: "report-new-job" }, "Fine-tune on this file")) : null,
     issues(report),
     h("div", { class: "grid two" },
       h("div", {}, tokens ? tokenTable(tokens) : h("p", { class: "muted" },
