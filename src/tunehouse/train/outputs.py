@@ -86,7 +86,7 @@ def plot_loss(rows: list[dict[str, Any]], path: Path, title: str = "Training los
             xs, ys = zip(*pts)
             ax.plot(xs, ys, style, label=label, markersize=4)
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()

@@ -29,7 +29,8 @@ function highlight(section) {
 
 function keyForm() {
   highlight("");
-  const error = h("p", { class: "error", role: "alert", hidden: !keyMessage }, keyMessage);
+  const error = h("p", { class: "error", role: "alert", id: "key-error", hidden: !keyMessage },
+    keyMessage);
   const input = h("input", { id: "api-key", type: "password", required: true,
     autocomplete: "current-password", "aria-describedby": "api-key-help" });
   const remember = h("input", { id: "remember-key", type: "checkbox" });
@@ -52,8 +53,8 @@ function keyForm() {
       await api("/v1/models");
       route();
     } catch (err) {
-      forgetKey();
-      showError(error, err.status === 401 ? "That key was refused by the server." : err);
+      forgetKey(); // a 401 has already re-drawn this form with the server's message
+      if (err.status !== 401) showError(error, err);
     }
   });
   main.replaceChildren(form);

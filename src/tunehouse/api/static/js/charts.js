@@ -14,8 +14,8 @@ function points(metrics, key) {
 
 /**
  * A loss-by-step line chart on ``canvas``; ``update(metrics)`` redraws with the metrics rows
- * of ``/v1/fine_tuning/jobs/{id}/metrics``. The canvas carries ``data-points`` (how many
- * training points are drawn) for tests and scripts.
+ * of ``/v1/fine_tuning/jobs/{id}/metrics``. The canvas carries ``data-points`` and
+ * ``data-valid-points`` (how many training and validation points are drawn) for tests.
  */
 export async function lossChart(canvas) {
   const Chart = await whenChartReady();
@@ -26,7 +26,9 @@ export async function lossChart(canvas) {
   const chart = new Chart(canvas, {
     type: "line",
     data: { datasets: [
-      dataset("training loss", COLORS.train),
+      // points while there are few of them: a short run still shows its steps
+      dataset("training loss", COLORS.train, { pointRadius: (c) => (c.dataset.data.length <= 40
+        ? 2.5 : 0) }),
       dataset("validation loss", COLORS.valid, { pointRadius: 2 }),
       dataset("full validation loss", COLORS.full, { pointRadius: 5, showLine: false }),
     ] },
@@ -47,8 +49,8 @@ export async function lossChart(canvas) {
       train.data = points(metrics, "train_loss");
       valid.data = points(metrics, "valid_loss");
       full.data = points(metrics, "full_valid_loss");
-      train.pointRadius = train.data.length <= 40 ? 2 : 0; // a short run still shows its points
       canvas.dataset.points = String(train.data.length);
+      canvas.dataset.validPoints = String(valid.data.length + full.data.length);
       chart.update("none");
     },
     destroy() {
