@@ -56,6 +56,13 @@ def flops_per_token(shapes: dict, trained_fraction: float) -> dict:
             "formula": "4*P_layers + 4*P_head*f (forward 2P + input-gradient 2P; head only on trained tokens)"}
 
 
+def _pair(x, w, dy):
+    """One linear layer's forward and input-gradient matmuls."""
+    import torch.nn.functional as F
+
+    return F.linear(x, w), dy @ w
+
+
 def _best_time(fn, repeats: int) -> float:
     fn()  # warm-up (oneDNN picks its kernels)
     best = float("inf")
@@ -68,8 +75,9 @@ def _best_time(fn, repeats: int) -> float:
 
 def matmul_block_seconds(shapes: dict, rows: int, trained_fraction: float, dtype, repeats: int) -> float:
     """Seconds for one block of ``rows`` tokens' forward + input-gradient matmuls through the model."""
+    import functools
+
     import torch
-    import torch.nn.functional as F
 
     torch.manual_seed(0)
     total = 0.0
@@ -77,12 +85,12 @@ def matmul_block_seconds(shapes: dict, rows: int, trained_fraction: float, dtype
         w = torch.randn(n_out, n_in, dtype=dtype) * 0.02
         x = torch.randn(rows, n_in, dtype=dtype)
         dy = torch.randn(rows, n_out, dtype=dtype)
-        total += shapes["layers"] * _best_time(lambda: (F.linear(x, w), dy @ w), repeats)
+        total += shapes["layers"] * _best_time(functools.partial(_pair, x, w, dy), repeats)
     head_rows = max(1, round(rows * trained_fraction))
     w = torch.randn(shapes["vocab"], shapes["hidden"], dtype=dtype) * 0.02
     x = torch.randn(head_rows, shapes["hidden"], dtype=dtype)
     dy = torch.randn(head_rows, shapes["vocab"], dtype=dtype)
-    total += _best_time(lambda: (F.linear(x, w), dy @ w), repeats)
+    total += _best_time(functools.partial(_pair, x, w, dy), repeats)
     return total
 
 

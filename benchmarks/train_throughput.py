@@ -90,7 +90,7 @@ def summarise(res: dict) -> dict:
                 s[f"loss_c_minus_{ref}"] = c["eval_loss"] - r["eval_loss"]
     ceil = res.get("ceiling", {}).get("bf16")
     if ceil:
-        for key, run in runs.items():
+        for run in runs.values():
             run["fraction_of_bf16_ceiling"] = run["tokens_per_second"] / ceil["tokens_per_second"]
     res["summary"] = s
     return res
@@ -144,8 +144,8 @@ def parse_args() -> argparse.Namespace:
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
     if not args.only or any(x not in RUNS for x in args.only):
         p.error(f"--only takes a comma-separated subset of a,b,c; got {','.join(args.only)!r}")
-    if args.examples < 8:
-        p.error("--examples must be at least 8 (one batch)")
+    if args.examples < 10:
+        p.error("--examples must be at least 10 (tunehouse, like OpenAI, refuses smaller training files)")
     return args
 
 
