@@ -35,16 +35,16 @@ def test_identity_adapter_ties_with_base(tmp_path, monkeypatch):
     peft_model.save_pretrained(adapter)
     (adapter / "tunehouse.json").write_text(json.dumps({"base_model": src.name}))
     rows = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
-            for q, a in QA * 2]
+            for q, a in QA]
     data = write_jsonl(tmp_path / "heldout.jsonl", rows)
-    report = evaluate(str(adapter), str(data), max_new_tokens=24, forgetting=False)
+    report = evaluate(str(adapter), str(data), max_new_tokens=20, forgetting=False)
     tuned, base = report.candidates
-    assert report.base == models.DEFAULT_MODEL and report.kind == "label"  # 4 short answers, each twice
+    assert report.base == models.DEFAULT_MODEL and report.kind == "text"  # 4 distinct answers: not a label set
     assert tuned.answers == base.answers
     assert "Paris" in tuned.answers[0]
     assert all(a.strip() and "<|im_end|>" not in a for a in tuned.answers)
-    assert tuned.completion_tokens < 24  # stopped at end of turn, not at the limit
+    assert tuned.completion_tokens < 20  # stopped at end of turn, not at the limit
     for a, b in zip(tuned.scores["loss"], base.scores["loss"], strict=True):
         assert math.isfinite(a) and a == pytest.approx(b, abs=0.02)  # bf16 merge rounding
-    cmp = report.comparison("fine-tuned", "base", "accuracy")
-    assert cmp.ties == 8 and cmp.verdict == "no clear difference"
+    cmp = report.comparison("fine-tuned", "base", "rouge_l")
+    assert cmp.ties == 4 and cmp.verdict == "no clear difference"
