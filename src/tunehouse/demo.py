@@ -21,15 +21,17 @@ from rich.table import Table
 from tunehouse.errors import TunehouseError
 
 console = Console()
+EPOCHS = 2
 
 
 def _validate(data: Path) -> None:
-    from tunehouse import models
+    from tunehouse.cli.validate import _model_facts
     from tunehouse.data.validate import format_report, validate_file
 
-    tok = models.load_tokenizer(models.resolve(None))
+    tok, _context, n_params = _model_facts(None)
     report = validate_file(data / "train.jsonl", tokenizer=tok, max_length=2048,
-                           validation_path=data / "validation.jsonl")
+                           validation_path=data / "validation.jsonl", n_params=n_params,
+                           epochs=EPOCHS)
     console.print(format_report(report))
     report.raise_if_invalid()
 
@@ -40,7 +42,7 @@ def _train(data: Path, out: Path) -> None:
     from tunehouse.train.progress import ProgressReporter
 
     cfg = TrainConfig(train_file=str(data / "train.jsonl"),
-                      validation_file=str(data / "validation.jsonl"), out=str(out), epochs=2)
+                      validation_file=str(data / "validation.jsonl"), out=str(out), epochs=EPOCHS)
     reporter = ProgressReporter(console=console)
     try:
         result = train(cfg.check(), reporter.callbacks())

@@ -54,6 +54,10 @@ def test_upload_train_poll_checkpoints_chat_delete(server, trained):
     page = client.fine_tuning.jobs.list_events(job.id, limit=2)
     assert page.has_more and len(page.data) == 2
 
+    assert any(m.startswith("Evaluation: ") for m in text)  # fine-tuned vs base on validation
+    report = [client.files.retrieve(f) for f in job.result_files[1:]]
+    assert [f.filename for f in report] == ["eval_report.html", "eval_report.json"]
+    assert "<html" in client.files.content(report[0].id).text[:500].lower()
     result = client.files.retrieve(job.result_files[0])
     assert result.purpose == "fine-tune-results"
     csv = client.files.content(result.id).text.splitlines()

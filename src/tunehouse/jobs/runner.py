@@ -28,6 +28,7 @@ from sqlalchemy import select
 from tunehouse.config import TrainConfig, from_dict
 from tunehouse.errors import TunehouseError
 from tunehouse.jobs import artifacts
+from tunehouse.jobs.evaluation import JobEvaluation, evaluate_run
 from tunehouse.store import Database, ids
 from tunehouse.store import events as ev
 from tunehouse.store import jobs as jobstore
@@ -194,28 +195,36 @@ def start_running(db: Database, job: JobRow, attempt: int) -> bool:
     return True
 
 
-def register_result(db: Database, job: JobRow, attempt: int, out_dir: Path) -> None:
-    """Publish the final model and the metrics CSV, and mark the job succeeded."""
+def register_result(db: Database, job: JobRow, attempt: int, out_dir: Path,
+                    evaluation: JobEvaluation | None = None) -> None:
+    """Publish the final model, the metrics CSV (and evaluation report), mark the job succeeded."""
     name = artifacts.fine_tuned_name(job.model, job.suffix, job.id)
     target = artifacts.publish(out_dir, artifacts.model_dir(job.id, "final"))
     meta = json.loads((out_dir / "tunehouse.json").read_text())
-    result_id = ids.new_id("file")
-    csv_path = store_copy(out_dir / "metrics.csv", result_id)
+    sources = [(out_dir / "metrics.csv", "step_metrics.csv")]
+    if evaluation is not None:
+        sources += [(evaluation.html, "eval_report.html"), (evaluation.json, "eval_report.json")]
+    stored = [(ids.new_id("file"), src, filename) for src, filename in sources]
+    paths = [store_copy(src, fid) for fid, src, _ in stored]
     try:
         with jobstore.fenced(db, job.id, attempt) as (s, row):
-            s.add(FileRow(id=result_id, owner=job.owner, bytes=csv_path.stat().st_size,
-                          created_at=ids.now(), filename="step_metrics.csv",
-                          purpose="fine-tune-results"))
+            for (fid, _src, filename), path in zip(stored, paths):
+                s.add(FileRow(id=fid, owner=job.owner, bytes=path.stat().st_size,
+                              created_at=ids.now(), filename=filename,
+                              purpose="fine-tune-results"))
+            if evaluation is not None:
+                ev.add_event(s, job.id, "info", f"Evaluation: {evaluation.summary}")
             ev.add_model(s, model_id=name, owner=job.owner, job_id=job.id, kind="fine-tuned",
                          path=str(target))
             _resolved_hparams(row, meta.get("hyperparameters") or {})
             row.status, row.fine_tuned_model, row.finished_at = "succeeded", name, ids.now()
             row.trained_tokens = int(meta.get("trained_tokens") or row.trained_tokens or 0)
-            row.result_files, row.estimated_finish = [result_id], None
+            row.result_files, row.estimated_finish = [fid for fid, _, _ in stored], None
             ev.add_event(s, job.id, "info", f"New fine-tuned model created: {name}")
             ev.add_event(s, job.id, "info", "The job has successfully completed")
     except BaseException:
-        csv_path.unlink(missing_ok=True)
+        for path in paths:
+            path.unlink(missing_ok=True)
         raise
 
 
@@ -259,10 +268,12 @@ def run_job(db: Database, job_id: str, attempt: int, stop: threading.Event) -> i
             return EXIT_DONE
         from tunehouse.train.loop import train
 
-        result = train(build_config(job), JobReporter(db, job, attempt, stop).callbacks())
+        cfg, reporter = build_config(job), JobReporter(db, job, attempt, stop)
+        result = train(cfg, reporter.callbacks())
         if result.interrupted:
             return EXIT_STOPPED
-        register_result(db, job, attempt, Path(result.out_dir))
+        evaluation = evaluate_run(Path(result.out_dir), cfg, reporter.on_message)
+        register_result(db, job, attempt, Path(result.out_dir), evaluation)
         return EXIT_DONE
     except jobstore.LeaseLost:
         return EXIT_LEASE_LOST
