@@ -14,6 +14,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -54,15 +55,15 @@ def _train(data: Path, out: Path) -> None:
                   f"{m.get('full_valid_loss', float('nan')):.3f}")
 
 
-def _side_by_side(report: object, n: int = 4) -> None:
-    rows = getattr(report, "examples", None) or []
-    table = Table(title="Held-out tickets: base vs fine-tuned", show_lines=True)
-    for col in ("ticket", "reference", "base", "fine-tuned"):
-        table.add_column(col, overflow="fold", max_width=40)
-    for ex in rows[:n]:
-        answers = ex.get("answers", {}) if isinstance(ex, dict) else {}
-        table.add_row(ex.get("prompt", "")[-160:], ex.get("reference", ""),
-                      answers.get("base", ""), answers.get("fine-tuned", ""))
+def _side_by_side(report: Any, n: int = 4) -> None:
+    """A few held-out tickets with the reference and each candidate's answer."""
+    names = [c.name for c in report.candidates]
+    table = Table(title="Held-out tickets: answers side by side", show_lines=True)
+    for col in ["ticket", "reference", *names]:
+        table.add_column(col, overflow="fold", max_width=32)
+    for i, ex in enumerate(report.examples[:n]):
+        answers = [report.candidate(name).answers[i].strip()[:120] for name in names]
+        table.add_row(str(ex.get("prompt", ""))[-140:], str(ex.get("reference", "")), *answers)
     console.print(table)
 
 
