@@ -22,7 +22,7 @@ from rich.table import Table
 from tunehouse.errors import TunehouseError
 
 console = Console()
-EPOCHS = 2
+EPOCHS = 1  # the loss curve flattens within one epoch; more only adds forgetting
 
 
 def _validate(data: Path) -> None:
