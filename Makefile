@@ -36,5 +36,9 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/train_throughput.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info
