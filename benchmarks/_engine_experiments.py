@@ -13,7 +13,10 @@ Each level adds one change to the previous one and runs ``--steps`` real optimis
   4  + padding-free micro-batches: examples packed into one row, position ids restarting per
        example, attention run per example (SDPA ``is_causal``, GQA in-kernel) via a registered
        attention function: no padding, no mask, no cross-example attention
-  5  + torch.compile of each decoder layer (inductor, dynamic shapes)
+  5  + fused LoRA linear: one autograd function per adapted layer computing
+       ``addmm(x @ W.T, x @ A.T, (s*B).T)`` and, backward, ``addmm(dY @ W, dY @ (s*B), A)``: no
+       input casts, no separate scaling multiply or residual add, only ``x`` and ``x @ A.T`` saved
+  6  + torch.compile of each decoder layer (inductor, dynamic shapes)
 
 This is a benchmark-side prototype: the proposed engine diffs are in benchmarks/README.md.
 """
@@ -48,6 +51,59 @@ def sdpa_varlen(module, query, key, value, attention_mask, dropout=0.0, scaling=
                                            scale=scaling, enable_gqa=True)
             for s, e in zip(bounds[:-1], bounds[1:])]
     return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _lora_fn():
+    import torch
+
+    class LoraLinear(torch.autograd.Function):
+        """y = x W^T + s (x A^T) B^T in the input's dtype; gradients for A and B in their own dtype."""
+
+        @staticmethod
+        def forward(ctx, x, w, a, b, scale):
+            x2 = x.reshape(-1, x.shape[-1])
+            a16, sb16 = a.to(x.dtype), (b * scale).to(x.dtype)
+            h = x2 @ a16.t()
+            y = torch.addmm(x2 @ w.t(), h, sb16.t())
+            ctx.save_for_backward(x2, h, w, a16, sb16)
+            ctx.scale, ctx.shape = scale, x.shape
+            return y.view(*x.shape[:-1], w.shape[0])
+
+        @staticmethod
+        def backward(ctx, gy):
+            x2, h, w, a16, sb16 = ctx.saved_tensors
+            g = gy.reshape(-1, gy.shape[-1]).to(x2.dtype)
+            gh = g @ sb16
+            gx = torch.addmm(g @ w, gh, a16)
+            ga = (gh.t() @ x2).float()
+            gb = (g.t() @ h).float() * ctx.scale
+            return gx.view(ctx.shape), None, ga, gb, None
+
+    return LoraLinear
+
+
+def fuse_lora(model) -> int:
+    """Route every single-adapter, bias-free peft ``lora.Linear`` through ``LoraLinear``."""
+    import types
+
+    from peft.tuners.lora.layer import Linear
+
+    fn = _lora_fn()
+
+    def forward(self, x, *args, **kwargs):
+        names = self.active_adapters
+        if self.disable_adapters or self.merged or len(names) != 1 or self.base_layer.bias is not None:
+            return self._unfused_forward(x, *args, **kwargs)
+        n = names[0]
+        return fn.apply(x, self.base_layer.weight, self.lora_A[n].weight, self.lora_B[n].weight, self.scaling[n])
+
+    count = 0
+    for m in model.modules():
+        if isinstance(m, Linear):
+            m._unfused_forward = m.forward
+            m.forward = types.MethodType(forward, m)
+            count += 1
+    return count
 
 
 def register_varlen(model) -> None:
@@ -153,6 +209,8 @@ def experimental_trainer(level: int, cfg):
     if level >= 4:
         register_varlen(tr.model)
     if level >= 5:
+        fuse_lora(tr.model)
+    if level >= 6:
         for layer in loop.causal_lm(tr.model).model.layers:
             layer.compile(dynamic=True)
     return tr, rows

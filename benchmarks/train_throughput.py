@@ -104,8 +104,9 @@ def table(res: dict) -> str:
              f"mean {ds['mean_length']:.0f}, median {ds['median_length']}, max {ds['max_length']} tokens, "
              f"{ds['multi_turn']} multi-turn; random batches of 8 would be "
              f"{ds['padding_fraction_random_batches_of_8']:.0%} padding.", "",
-             "| run | trained tok/s | vs (a) | vs (b) | peak RSS | loss (assistant tokens) | CPU s | steps |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| run | trained tok/s | vs (a) | vs (b) | peak RSS | loss (assistant tokens) | cores busy "
+             "| tok per CPU-s | steps |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     runs = res["runs"]
     for key, run in runs.items():
         va = run["tokens_per_second"] / runs["a"]["tokens_per_second"] if "a" in runs else None
@@ -113,9 +114,11 @@ def table(res: dict) -> str:
         loss = f"{run['eval_loss']:.4f}" if "eval_loss" in run else "-"
         lines.append(f"| ({key}) {RUNS[key][0]} | {run['tokens_per_second']:.1f} | "
                      f"{f'{va:.2f}x' if va else '-'} | {f'{vb:.2f}x' if vb else '-'} | "
-                     f"{run['peak_rss_mb'] / 1024:.2f} GB | {loss} | {run['cpu_seconds']:.0f} | {run['steps']} |")
+                     f"{run['peak_rss_mb'] / 1024:.2f} GB | {loss} | "
+                     f"{run['cpu_seconds'] / run['train_seconds']:.2f} | "
+                     f"{run['trained_tokens'] / run['cpu_seconds']:.1f} | {run['steps']} |")
     if "base" in res.get("eval", {}):
-        lines.append(f"| untrained base | | | | | {res['eval']['base']['loss']:.4f} | | |")
+        lines.append(f"| untrained base | | | | | {res['eval']['base']['loss']:.4f} | | | |")
     ceil = res.get("ceiling")
     if ceil:
         lines += ["", f"bf16 matmul ceiling: {ceil['bf16']['flops_per_second'] / 1e9:.0f} GFLOP/s measured at "
@@ -124,6 +127,9 @@ def table(res: dict) -> str:
                   f"{ceil['fp32']['flops_per_second'] / 1e9:.0f} GFLOP/s)."]
         if "c" in runs:
             lines.append(f"tunehouse reaches {runs['c']['fraction_of_bf16_ceiling']:.1%} of it.")
+    lines += ["", "cores busy = CPU seconds / wall seconds of the training loop: below the core count, "
+              "the run shared the machine (its wall-clock figures are then pessimistic; tok per CPU-s is "
+              "less sensitive to that)."]
     return "\n".join(lines)
 
 
@@ -140,6 +146,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-eval", action="store_true", help="skip the shared loss evaluation")
     p.add_argument("--timeout", type=float, default=4 * 3600, help="seconds per run")
     p.add_argument("--workdir", default=None, help="keep data, adapters and logs here")
+    p.add_argument("--report", default=None, help="print the table of an existing results JSON and exit")
     args = p.parse_args()
     args.only = [x.strip() for x in args.only.split(",") if x.strip()]
     if not args.only or any(x not in RUNS for x in args.only):
@@ -151,6 +158,9 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.report:
+        print(table(summarise(json.loads(Path(args.report).read_text()))))
+        return
     from tunehouse import models
 
     source = models.resolve(None)
