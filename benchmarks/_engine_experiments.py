@@ -164,6 +164,7 @@ def experimental_trainer(level: int, cfg):
 
     from tunehouse.train import loop
     from tunehouse.train.callbacks import TrainCallbacks
+    from tunehouse.train.model import causal_lm
 
     if level >= 1:
         loop.TOKEN_BUDGET = 2048
@@ -211,7 +212,7 @@ def experimental_trainer(level: int, cfg):
     if level >= 5:
         fuse_lora(tr.model)
     if level >= 6:
-        for layer in loop.causal_lm(tr.model).model.layers:
+        for layer in causal_lm(tr.model).model.layers:
             layer.compile(dynamic=True)
     return tr, rows
 

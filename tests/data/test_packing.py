@@ -27,3 +27,16 @@ def test_micro_batches_respect_budget():
     assert sorted(i for m in mbs for i in m) == list(range(5))
     for m in mbs:
         assert len(m) == 1 or max(lengths[i] for i in m) * len(m) <= 60
+
+
+def test_pack_groups_fill_rows_under_budget_and_cover_all():
+    from tunehouse.data.packing import pack_groups
+
+    lengths = [(i * 53) % 97 + 3 for i in range(40)] + [300]
+    rows = pack_groups(range(41), lengths, 128)
+    assert sorted(i for r in rows for i in r) == list(range(41))
+    for r in rows:
+        assert len(r) == 1 or sum(lengths[i] for i in r) <= 128
+    assert [40] in rows  # longer than the budget: alone
+    # first-fit decreasing wastes less than one row's worth on this set
+    assert len(rows) <= -(-sum(lengths[:40]) // 128) + 2

@@ -54,3 +54,26 @@ def micro_batches(indices: Sequence[int], lengths: Sequence[int], token_budget: 
     if cur:
         out.append(cur)
     return out
+
+
+def pack_groups(indices: Sequence[int], lengths: Sequence[int], token_budget: int) -> list[list[int]]:
+    """Split one step's examples into packed micro-batches of at most ``token_budget`` tokens.
+
+    First-fit decreasing: few, full rows (large matmuls), an example longer than the budget
+    alone in its row. Packed rows carry no padding, so lengths need not be similar.
+
+    >>> pack_groups([0, 1, 2, 3], [10, 30, 25, 5], 40)
+    [[1, 0], [2, 3]]
+    """
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(indices, key=lambda j: -lengths[j]):
+        for r, free in enumerate(room):
+            if lengths[i] <= free:
+                rows[r].append(i)
+                room[r] -= lengths[i]
+                break
+        else:
+            rows.append([i])
+            room.append(token_budget - lengths[i])
+    return rows

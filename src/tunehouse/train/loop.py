@@ -1,10 +1,11 @@
 """The one training loop (supervised fine-tuning, LoRA or full).
 
-Per optimiser step: the step's examples (length-grouped, see ``data.packing``) are split into
-micro-batches under a token budget, each runs forward in bf16 autocast where the hardware has
-it, the loss is computed only on trained tokens (``train.model.trained_token_loss``) and
-normalised by the trained tokens of the whole step, gradients accumulate, then AdamW steps at
-the scheduled learning rate. Logging, checkpointing and evaluation live in their own modules;
+Per optimiser step: the step's examples (a random batch, see ``data.packing``) are packed back
+to back into rows under a token budget (no padding; attention stays inside each example, see
+``train.attention``), each row runs forward in bf16 autocast where the hardware has it, the
+loss is computed only on trained tokens (``train.model.packed_token_loss``) and normalised by
+the trained tokens of the whole step, gradients accumulate, then AdamW steps at the scheduled
+learning rate. Logging, checkpointing and evaluation live in their own modules;
 this file only sequences them.
 """
 
@@ -20,22 +21,24 @@ import torch
 
 from tunehouse import models
 from tunehouse.config import TrainConfig
-from tunehouse.data.packing import epoch_batches, micro_batches
+from tunehouse.data.packing import epoch_batches, pack_groups
 from tunehouse.errors import InvalidFile, InvalidRequest
 from tunehouse.train import data as tdata
+from tunehouse.train.attention import use_varlen
 from tunehouse.train.callbacks import TrainCallbacks
 from tunehouse.train.hparams import Resolved, lr_at, resolve
 from tunehouse.train.model import (
     autocast_context,
-    collate,
-    trained_token_loss,
+    causal_lm,
+    pack,
+    packed_token_loss,
     use_bf16,
     wrap_for_training,
 )
 from tunehouse.train.outputs import MetricsLog
 from tunehouse.train.state import RunState, finish_run, restore, save_checkpoint
 
-TOKEN_BUDGET = 8192  # padded tokens per micro-batch
+TOKEN_BUDGET = 2048  # tokens per packed micro-batch: bounds activation memory
 
 
 @dataclass
@@ -68,8 +71,8 @@ class Trainer:
                                     context_length=self.context)
         self.model = self._load_model()
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(params, lr=self.hp.learning_rate,
-                                     weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+        self.opt = torch.optim.AdamW(params, lr=self.hp.learning_rate, weight_decay=cfg.weight_decay,
+                                     betas=(0.9, 0.999), fused=True)
         self.state = RunState()
         self.metrics = MetricsLog(self._prepare_out())
         self.autocast = lambda: autocast_context(cfg.precision, self.device)
@@ -120,6 +123,10 @@ class Trainer:
             base = models.load_model(self.source, device=self.device, dtype=dtype)
             model = wrap_for_training(base, self.cfg)
         model.config.use_cache = False
+        use_varlen(causal_lm(model))
+        for m in model.modules():  # LoRA inputs stay bf16 under autocast: no fp32 copy per layer
+            if hasattr(m, "cast_input_dtype_enabled"):
+                m.cast_input_dtype_enabled = False
         return model.train()
 
     def _prepare_out(self) -> Path:
@@ -140,7 +147,8 @@ class Trainer:
         lengths = [e.length for e in self.train_set]
         st = self.state
         while st.step < self.hp.total_steps and not st.stopped_early:
-            batches = epoch_batches(lengths, self.hp.batch_size, seed=self.cfg.seed, epoch=st.epoch)
+            batches = epoch_batches(lengths, self.hp.batch_size, seed=self.cfg.seed, epoch=st.epoch,
+                                    group=1)
             for b in range(st.step_in_epoch, len(batches)):
                 if self.cb.should_stop():
                     save_checkpoint(self, epoch_end=False)
@@ -171,14 +179,12 @@ class Trainer:
         n_targets = sum(self.train_set[i].n_targets for i in batch)
         loss_sum, correct, tokens = 0.0, 0, 0
         lengths = [e.length for e in self.train_set]
-        for mb in micro_batches(batch, lengths, max(TOKEN_BUDGET, max(lengths[i] for i in batch))):
-            ids, att, lab = collate([(self.train_set[i].input_ids, self.train_set[i].labels)
-                                     for i in mb], self.tokenizer.pad_token_id)
-            ids, att, lab = ids.to(self.device), att.to(self.device), lab.to(self.device)
+        for mb in pack_groups(batch, lengths, TOKEN_BUDGET):
+            packed = pack([(self.train_set[i].input_ids, self.train_set[i].labels) for i in mb])
             with self.autocast():
-                loss, n, c = trained_token_loss(self.model, ids, att, lab)
+                loss, n, c = packed_token_loss(self.model, packed.to(self.device))
             (loss / n_targets).backward()
-            loss_sum, correct, tokens = loss_sum + float(loss.detach()), correct + c, tokens + int(att.sum())
+            loss_sum, correct, tokens = loss_sum + float(loss.detach()), correct + c, tokens + packed.tokens
         params = [p for g in self.opt.param_groups for p in g["params"]]
         torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
         self.opt.step()
@@ -200,13 +206,10 @@ class Trainer:
         self.model.eval()
         lengths = [self.valid_set[i].length for i in idx]
         total, n_all, c_all = 0.0, 0, 0
-        for mb in micro_batches(list(range(len(idx))), lengths, max(TOKEN_BUDGET, max(lengths))):
-            ex = [self.valid_set[idx[j]] for j in mb]
-            ids, att, lab = collate([(e.input_ids, e.labels) for e in ex],
-                                    self.tokenizer.pad_token_id)
+        for mb in pack_groups(list(range(len(idx))), lengths, TOKEN_BUDGET):
+            packed = pack([(self.valid_set[idx[j]].input_ids, self.valid_set[idx[j]].labels) for j in mb])
             with self.autocast():
-                loss, n, c = trained_token_loss(self.model, ids.to(self.device),
-                                                att.to(self.device), lab.to(self.device))
+                loss, n, c = packed_token_loss(self.model, packed.to(self.device))
             total, n_all, c_all = total + float(loss), n_all + n, c_all + c
         self.model.train()
         return total / max(1, n_all), c_all / max(1, n_all)

@@ -8,6 +8,7 @@ tokens), in chunks: prompt tokens never materialise full-vocabulary logits. For 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -47,6 +48,59 @@ def trained_token_loss(model: Any, input_ids: torch.Tensor, attention_mask: torc
     """
     lm = causal_lm(model)
     hidden = lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return _head_loss(lm, hidden, labels)
+
+
+@dataclass
+class Packed:
+    """Examples back to back in one row: no padding; boundaries for ``train.attention``."""
+
+    input_ids: torch.Tensor  # (1, tokens)
+    labels: torch.Tensor  # (1, tokens); each example's first label is IGNORE_INDEX
+    position_ids: torch.Tensor  # (1, tokens), restarting at 0 for every example
+    cu_seq_lens: torch.Tensor  # (examples + 1,) int32 cumulative lengths
+    longest: int
+
+    def to(self, device: str) -> Packed:
+        return Packed(self.input_ids.to(device), self.labels.to(device), self.position_ids.to(device),
+                      self.cu_seq_lens.to(device), self.longest)
+
+    @property
+    def tokens(self) -> int:
+        return int(self.input_ids.shape[1])
+
+
+def pack(examples: list[tuple[list[int], list[int]]]) -> Packed:
+    """``(input_ids, labels)`` pairs -> one packed row.
+
+    The first label of each example is masked, so the last position of one example never
+    learns to predict the first token of the next.
+    """
+    ids: list[int] = []
+    labels: list[int] = []
+    pos: list[int] = []
+    cu = [0]
+    for e_ids, e_labels in examples:
+        ids += e_ids
+        labels += [IGNORE_INDEX, *e_labels[1:]]
+        pos += range(len(e_ids))
+        cu.append(cu[-1] + len(e_ids))
+    return Packed(torch.tensor([ids]), torch.tensor([labels]), torch.tensor([pos]),
+                  torch.tensor(cu, dtype=torch.int32), max(len(e) for e, _ in examples))
+
+
+def packed_token_loss(model: Any, batch: Packed) -> tuple[torch.Tensor, int, int]:
+    """``trained_token_loss`` for a packed row (needs ``train.attention.use_varlen`` on the model)."""
+    lm = causal_lm(model)
+    cu = batch.cu_seq_lens
+    hidden = lm.model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                      cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=batch.longest,
+                      max_length_k=batch.longest).last_hidden_state
+    return _head_loss(lm, hidden, batch.labels)
+
+
+def _head_loss(lm: Any, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Summed cross-entropy of the LM head on trained positions only, in chunks."""
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     h = hidden[:, :-1][mask]
