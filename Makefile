@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml Makefile
 	# Headless Chromium (Debian's) renders the evaluation report in tests; never `playwright install`.
 	command -v chromium >/dev/null || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium) \
 		|| echo "warning: could not install chromium; the report browser test will be skipped"
+	# PostgreSQL server binaries (Debian's, not on PATH) for the store's PostgreSQL tests.
+	command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql) \
+		|| echo "warning: could not install postgresql; the PostgreSQL tests will be skipped"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -46,7 +46,8 @@ RUNS = {
                           "padded random batches, loss on all tokens"),
     "b": ("TRL tuned", "bf16 base weights, no gradient checkpointing, assistant-only loss, "
                        "length-grouped batches (or padding-free)"),
-    "c": ("tunehouse", "tunehouse train: bf16 base, length-grouped batches, trained-token-only head"),
+    "c": ("tunehouse", "tunehouse train: bf16 base, random batches packed padding-free with per-example "
+                      "attention, trained-token-only head"),
 }
 
 

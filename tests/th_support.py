@@ -27,3 +27,18 @@ def write_jsonl(path: Path, rows: list) -> Path:
 def embedded_home() -> str:
     """The real tunehouse home (where the embedded model was converted once)."""
     return os.environ.get("TUNEHOUSE_HOME") or str(Path.home() / ".tunehouse")
+
+
+def remote_code_model(source: Path, target: Path, marker: Path, *,
+                      in_file: str = "config.json") -> Path:
+    """A copy of the model dir ``source`` whose ``in_file`` maps classes to its own module
+    (``auto_map``); importing that module would create ``marker``."""
+    import shutil
+
+    shutil.copytree(source, target)
+    (target / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('imported')\n")
+    cfg = json.loads((target / in_file).read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModelForCausalLM": "evil.EvilModel",
+                       "AutoTokenizer": ["evil.EvilTokenizer", None]}
+    (target / in_file).write_text(json.dumps(cfg))
+    return target

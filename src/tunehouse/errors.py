@@ -7,6 +7,8 @@ OpenAI's error envelope in one handler.
 
 from __future__ import annotations
 
+import errno
+
 
 class TunehouseError(Exception):
     """Base class: a problem the user can fix, described in one line."""
@@ -85,6 +87,30 @@ class DiskFull(TunehouseError):
 
     def __init__(self, message: str):
         super().__init__(message, code="disk_full")
+
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+# How libraries that do not raise OSError say it: Rust's io::Error (safetensors), SQLite.
+_DISK_FULL_TEXT = ("(os error 28)", "(os error 122)", "(os error 27)", "no space left on device",
+                   "database or disk is full")
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    """Whether ``exc``, or an exception it was raised from, means the disk is full: ENOSPC,
+    EDQUOT, or EFBIG (a file-size limit), also when a library wraps it in its own error type
+    (safetensors: ``SafetensorError(... (os error 28))``; SQLite: ``database or disk is full``)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DiskFull):
+            return True
+        if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            return True
+        if not isinstance(exc, TunehouseError) and any(t in str(exc).lower()
+                                                       for t in _DISK_FULL_TEXT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 class JobFailed(TunehouseError):

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,9 +47,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(tmp: Path, model_dir: Path | None, *, workers: int = 1, extra_env: dict | None = None
-                 ) -> Server:
-    """Start ``tunehouse serve`` and wait until it answers."""
+def start_server(tmp: Path, model_dir: Path | None, *, workers: int = 1, extra_env: dict | None = None,
+                 extra_args: tuple[str, ...] = (), lease_seconds: float = 5,
+                 preexec_fn: Callable[[], None] | None = None) -> Server:
+    """Start ``tunehouse serve`` and wait until it answers (``preexec_fn`` runs in the child
+    before exec, e.g. to set resource limits on the server process)."""
     port, home = _free_port(), tmp / "home"
     env = {**os.environ, "TUNEHOUSE_HOME": str(home), "TUNEHOUSE_API_KEYS": f"{KEY_A},{KEY_B}",
            "TUNEHOUSE_MAX_UPLOAD_BYTES": str(MAX_UPLOAD), **(extra_env or {})}
@@ -56,8 +59,9 @@ def start_server(tmp: Path, model_dir: Path | None, *, workers: int = 1, extra_e
     proc = subprocess.Popen(
         [sys.executable, "-m", "tunehouse", "serve", "--port", str(port),
          *(["--model", str(model_dir)] if model_dir else []), "--workers", str(workers),
-         "--lease-seconds", "5"],
-        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+         "--lease-seconds", str(lease_seconds), *extra_args],
+        env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+        preexec_fn=preexec_fn)
     name = model_dir.name if model_dir else "smollm2-135m-instruct"
     server = Server(f"http://127.0.0.1:{port}", home, name, proc, log)
     deadline = time.monotonic() + 90

@@ -26,7 +26,7 @@ MSG = [{"role": "user", "content": "Hello there"}]
     ({"messages": [{"role": "robot", "content": "x"}]}, "messages.0.role"),
     ({"frequency_penalty": 1.5}, "frequency_penalty"),
     ({"logprobs": True}, "logprobs"),
-    ({"tools": [{"type": "function"}]}, "tools"),
+    ({"tools": [{"type": "function"}]}, "tools.0.function"),
 ])
 def test_bad_parameters_get_400_then_the_server_still_answers(server, change, param):
     body = {"model": server.model, "messages": MSG, "max_tokens": 4, **change}

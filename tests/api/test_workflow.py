@@ -53,6 +53,16 @@ def test_upload_train_poll_checkpoints_chat_delete(server, trained):
     assert metrics[-1].data["full_valid_loss"] is not None  # epoch end: full validation
     page = client.fine_tuning.jobs.list_events(job.id, limit=2)
     assert page.has_more and len(page.data) == 2
+    older = client.fine_tuning.jobs.list_events(job.id, limit=3, after=page.data[-1].id)
+    assert [e.id for e in older.data] == [e.id for e in events[::-1][2:5]]  # the next page
+    with server.http() as http:  # our metrics extension pages by step: ?after=<step>
+        url = f"/v1/fine_tuning/jobs/{job.id}/metrics"
+        later = http.get(url, params={"after": 5}).json()
+        assert [m["step"] for m in later["data"]] == [6, 7, 8] and not later["has_more"]
+        first = http.get(url, params={"after": 0, "limit": 3}).json()
+        assert [m["step"] for m in first["data"]] == [1, 2, 3] and first["has_more"]
+        bad = http.get(url, params={"after": "ftevent-abc"})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "after"
 
     assert any(m.startswith("Evaluation: ") for m in text)  # fine-tuned vs base on validation
     report = [client.files.retrieve(f) for f in job.result_files[1:]]
@@ -106,21 +116,25 @@ def test_upload_train_poll_checkpoints_chat_delete(server, trained):
 
 
 def test_20_concurrent_clients_on_two_fine_tuned_models(server, trained):
-    """20 concurrent requests alternating between two fine-tuned models (the job's two
-    checkpoints): each gets the answer its own model gives alone (no adapter mix-ups)."""
+    """20 concurrent requests spread over the job's two checkpoints (two fine-tuned models) and
+    the base model: each gets the answer its own model gives alone (no adapter mix-ups). The
+    base is in the mix because two nearby checkpoints of a random-init tiny model may answer
+    alike, and a mix-up is only visible between models that answer differently."""
     client = server.client().with_options(timeout=90)
     ckpts = client.fine_tuning.jobs.checkpoints.list(trained.id).data
-    names = [c.fine_tuned_model_checkpoint for c in ckpts]
+    names = [c.fine_tuned_model_checkpoint for c in ckpts] + [server.model]
+    assert len(names) == 3
     prompts = [f"Colour {i}: red?" for i in range(4)]
+    sample = {"max_tokens": 8, "temperature": 0}
     expected = {(m, p): client.chat.completions.create(
-        model=m, messages=[{"role": "user", "content": p}], max_tokens=6,
-        temperature=0).choices[0].message.content for m in names for p in prompts}
-    assert len(set(expected.values())) > 1  # the two checkpoints really differ somewhere
+        model=m, messages=[{"role": "user", "content": p}], **sample).choices[0].message.content
+        for m in names for p in prompts}
+    assert len(set(expected.values())) > 1  # the models really differ somewhere
 
     def ask(i: int) -> tuple[tuple[str, str], str]:
-        key = (names[i % 2], prompts[i % 4])
-        r = client.chat.completions.create(model=key[0], max_tokens=6, temperature=0,
-                                           messages=[{"role": "user", "content": key[1]}])
+        key = (names[i % 3], prompts[i % 4])
+        r = client.chat.completions.create(model=key[0], messages=[{"role": "user", "content": key[1]}],
+                                           **sample)
         return key, r.choices[0].message.content
 
     with ThreadPoolExecutor(20) as pool:

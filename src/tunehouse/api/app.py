@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tunehouse import __version__
 from tunehouse.api.deps import AppState, ServerSettings, owner_of
-from tunehouse.errors import TunehouseError
+from tunehouse.errors import TunehouseError, is_disk_full
 from tunehouse.store import Database
 
 log = logging.getLogger("tunehouse.api")
@@ -75,6 +75,10 @@ def _install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        if is_disk_full(exc):  # e.g. SQLite "database or disk is full": 507, not a bare 500
+            log.error("disk full: %s", exc)
+            return envelope(507, "The server is out of disk space; nothing was stored. Retry "
+                            "after space is freed.", type="server_error", code="disk_full")
         log.exception("unhandled error", exc_info=exc)
         return envelope(500, "The server had an error while processing your request.",
                         type="server_error", code="internal_error")

@@ -4,6 +4,11 @@ The API process owns one inference ``Engine`` (created on first use: it loads th
 once); fine-tuned adapters are registered with it from the database on first request, after
 the caller's ownership is checked. Streaming answers are server-sent events of
 ``chat.completion.chunk`` objects ending with ``data: [DONE]``.
+
+``tools`` are rendered into the prompt by the model's chat template, with ``tool_choice:
+"none"``; like vLLM without a tool-call parser, tunehouse does not parse tool calls out of the
+answer, so ``auto`` (OpenAI's default when tools are given), ``required`` or a named function
+get a 400 that says so, as do tools for a template that would silently drop them.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from fastapi.responses import StreamingResponse
 
 from tunehouse.api.deps import AppState, Owner, State
 from tunehouse.api.protocol import ChatCompletionRequest
-from tunehouse.errors import Overloaded, TunehouseError
+from tunehouse.errors import InvalidRequest, Overloaded, TunehouseError
 from tunehouse.store import events as ev
 
 router = APIRouter(prefix="/v1", tags=["chat"])
@@ -89,6 +94,36 @@ def _options(body: ChatCompletionRequest) -> dict[str, Any]:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+def _tools(holder: EngineHolder, name: str, body: ChatCompletionRequest
+           ) -> list[dict[str, Any]] | None:
+    """The tools to render into the prompt (OpenAI's tool dicts), or None.
+
+    Raises:
+        InvalidRequest: tool_choice without tools; tools the model's template cannot render
+            (``tools_not_supported``); a tool_choice that needs tool-call parsing.
+    """
+    choice = body.tool_choice
+    if not body.tools:
+        if choice not in (None, "none"):
+            raise InvalidRequest("tool_choice is only allowed when tools are specified.",
+                                 param="tool_choice")
+        return None
+    if not holder.engine().supports_tools(name):
+        raise InvalidRequest(f"The chat template of model '{body.model[:200]}' does not render "
+                             "tools, so the model would never see them; remove 'tools' or use a "
+                             "model whose template supports tools.", param="tools",
+                             code="tools_not_supported")
+    if choice != "none":
+        shown = "'auto' (the default when tools are given)" if choice in (None, "auto") else \
+            repr(choice) if isinstance(choice, str) else f"function '{choice.function.name}'"
+        raise InvalidRequest(f"tool_choice {shown} is not supported: tunehouse renders tools "
+                             "into the prompt but does not parse tool calls out of the answer. "
+                             "Pass tool_choice='none' to show the tools to the model and get its "
+                             "answer as text.", param="tool_choice",
+                             code="tool_choice_not_supported")
+    return [t.model_dump(exclude_none=True) for t in body.tools]
+
+
 @router.post("/chat/completions", response_model=None)
 def chat_completions(body: ChatCompletionRequest, state: State, owner: Owner
                      ) -> dict[str, Any] | StreamingResponse:
@@ -99,12 +134,13 @@ def chat_completions(body: ChatCompletionRequest, state: State, owner: Owner
     streaming = False
     try:
         name = holder.resolve(state, owner, body.model)
+        tools = _tools(holder, name, body)
         messages = [m.plain() for m in body.messages]
         if body.stream:
-            response = _stream(holder, name, body, messages)
+            response = _stream(holder, name, body, messages, tools)
             streaming = True
             return response
-        result = holder.engine().chat(name, messages, **_options(body))
+        result = holder.engine().chat(name, messages, tools=tools, **_options(body))
     finally:
         if not streaming:
             holder.slots.release()
@@ -122,9 +158,10 @@ def chat_completions(body: ChatCompletionRequest, state: State, owner: Owner
 
 
 def _stream(holder: EngineHolder, name: str, body: ChatCompletionRequest,
-            messages: list[dict[str, str]]) -> StreamingResponse:
+            messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None
+            ) -> StreamingResponse:
     """Start generation (request errors are raised here, still as HTTP errors), then stream."""
-    deltas = holder.engine().stream(name, messages, **_options(body))
+    deltas = holder.engine().stream(name, messages, tools=tools, **_options(body))
     return StreamingResponse(_sse(holder, body, deltas), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache"})
 

@@ -11,7 +11,7 @@ from fastapi.responses import FileResponse
 
 from tunehouse.api.deps import Owner, State
 from tunehouse.api.upload import receive_upload
-from tunehouse.errors import InvalidFile, InvalidRequest
+from tunehouse.errors import DiskFull, InvalidFile, InvalidRequest, is_disk_full
 from tunehouse.store import files as filestore
 from tunehouse.store import ids
 from tunehouse.store.models import FileRow
@@ -80,6 +80,11 @@ async def create_file(request: Request, state: State, owner: Owner) -> dict[str,
                                           purpose=purpose, nbytes=sink.file_bytes,
                                           expires_at=expires_at, n_lines=n_lines))
         recorded = True
+    except OSError as exc:  # ENOSPC, EDQUOT, EFBIG while staging or publishing the bytes
+        if not is_disk_full(exc):
+            raise
+        raise DiskFull("Not enough disk space on the server to store this file; nothing was "
+                       "stored. Free some space (or delete files) and upload again.") from None
     finally:
         if not recorded:  # no half-stored upload survives an error
             staged.unlink(missing_ok=True)

@@ -149,8 +149,14 @@ def list_checkpoints(job_id: str, state: State, owner: Owner, after: str | None 
 
 
 @router.get("/jobs/{job_id}/metrics")
-def list_metrics(job_id: str, state: State, owner: Owner) -> dict[str, Any]:
-    """Extension: every stored metric per step, for live loss curves."""
+def list_metrics(job_id: str, state: State, owner: Owner,
+                 after: int | None = Query(None, ge=0), limit: int = Query(10000, ge=1, le=10000)
+                 ) -> dict[str, Any]:
+    """Extension: every stored metric per step in step order, for live loss curves.
+
+    ``after`` is a step number (the cursor: only later steps are returned), so a live view
+    polls for what is new; ``has_more`` says whether ``limit`` cut the page.
+    """
     jobstore.get_job(state.db, owner=owner, job_id=job_id)
-    return {"object": "list", "data": ev.list_metrics(state.db, job_id=job_id),
-            "has_more": False}
+    rows = ev.list_metrics(state.db, job_id=job_id, after=after)
+    return {"object": "list", "data": rows[:limit], "has_more": len(rows) > limit}

@@ -141,12 +141,42 @@ class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = Field(default=None, max_length=128)  # assistant
+    tool_call_id: str | None = Field(default=None, max_length=256)  # role "tool"
 
-    def plain(self) -> dict[str, str]:
-        """The message as ``{role, content}`` with text parts joined (``developer`` = system)."""
+    def plain(self) -> dict[str, Any]:
+        """The message for the chat template: ``{role, content}`` with text parts joined
+        (``developer`` = system), plus ``tool_calls`` / ``tool_call_id`` when given."""
         text = self.content if isinstance(self.content, str) else \
             "".join(p.text for p in self.content or [])
-        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+        out: dict[str, Any] = {"role": "system" if self.role == "developer" else self.role,
+                               "content": text}
+        if self.tool_calls:
+            out["tool_calls"] = self.tool_calls
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+class FunctionDefinition(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = Field(default=None, max_length=8192)
+    parameters: dict[str, Any] | None = None  # a JSON Schema object
+    strict: bool | None = None
+
+
+class Tool(_Strict):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
 
 
 class StreamOptions(_Strict):
@@ -171,6 +201,9 @@ class ChatCompletionRequest(_Strict):
     stream_options: StreamOptions | None = None
     temperature: Annotated[Any, _float_range("temperature", 0, 2)] = None
     top_p: Annotated[Any, _float_range("top_p", 0, 1, lo_open=True)] = None
+    tools: list[Tool] | None = Field(default=None, max_length=128)
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     user: str | None = None
 
     @field_validator("stop")

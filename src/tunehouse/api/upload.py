@@ -117,7 +117,7 @@ async def receive_upload(request: Request, staged: Path, limit: int) -> UploadSi
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
-    except TunehouseError:
+    except (TunehouseError, OSError):  # an OSError is ours (writing), not the client's
         raise
     except Exception as exc:  # the multipart parser's own errors: malformed body
         raise InvalidRequest(f"Malformed multipart body: {exc}", param="file") from None

@@ -23,8 +23,9 @@ def _default_out(model: str) -> Path:
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str, typer.Option(help="Fine-tuned model: a training output dir or model.")],
-    data: Annotated[str, typer.Option(help="Held-out chat JSONL; the last assistant message "
-                                           "of each line is the reference.")],
+    data: Annotated[str, typer.Option(help="Held-out chat JSONL (the last assistant message "
+                                           "of each line is the reference), or preference "
+                                           "pairs (DPO format): preference accuracy.")],
     against: Annotated[str | None, typer.Option(help="Model to compare with (default: the "
                                                      "base the run was trained from).")] = None,
     few_shot: Annotated[int, typer.Option(help="Also prompt the base with K training "
@@ -45,7 +46,8 @@ def eval_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print report.json to stdout.")] = False,
 ) -> None:
     """Was fine-tuning worth it? Compare the fine-tuned model with its base (and with few-shot
-    prompting) on held-out data; write report.html, report.json and plots."""
+    prompting) on held-out data; write report.html, report.json and plots. On preference pairs:
+    how often each model gives the preferred answer the higher likelihood."""
     from tunehouse.eval import evaluate, write_report
 
     def say(msg: str) -> None:

@@ -1,10 +1,11 @@
-"""Batch order for training: length-grouped, deterministic per (seed, epoch), little padding.
+"""Batch order and packing for training: deterministic per (seed, epoch), no padding wasted.
 
-An optimiser step takes ``batch_size`` examples (OpenAI's meaning of batch size). Examples are
-shuffled, grouped into mega-batches of ``group`` steps, sorted by length inside each group and
-cut into batches, then the batches are shuffled. Similar lengths share a batch, so dynamic
-padding wastes little compute, while the order stays random across the epoch. The order depends
-only on ``(seed, epoch)``, which makes resume skip exactly the batches already seen.
+An optimiser step takes ``batch_size`` examples (OpenAI's meaning of batch size). The training
+loop draws random batches (``epoch_batches(..., group=1)``) and packs each step's examples back
+to back into rows under a token budget (``pack_groups``), so lengths need not match. Padded
+batches (DPO pairs) are cut by ``micro_batches`` under a padded-token budget; ``group > 1``
+would sort mega-batches of ``group`` steps by length so that similar lengths share a batch. The order
+depends only on ``(seed, epoch)``, which makes resume skip exactly the batches already seen.
 """
 
 from __future__ import annotations

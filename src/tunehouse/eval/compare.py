@@ -198,7 +198,8 @@ def evaluate(model: str, data: str, *, against: str | None = None, few_shot: int
     Each held-out chat's last assistant message is the reference; the candidates answer the
     messages before it. ``precision`` is ``auto`` (bf16 where the hardware has it natively),
     ``bf16`` or ``fp32``; ``progress`` receives one line per stage. See the module docstring
-    for what is measured.
+    for what is measured. A file of preference pairs (DPO's format) is evaluated by
+    ``eval.preference.evaluate_preferences`` instead (few-shot and ``metric`` do not apply).
 
     Raises:
         InvalidFile: ``data``/``shots_from`` missing, empty, malformed or without assistant
@@ -206,10 +207,17 @@ def evaluate(model: str, data: str, *, against: str | None = None, few_shot: int
         ModelNotFound / InvalidRequest: unknown models, no base, bad options, an adapter that
             does not fit its base.
     """
+    from tunehouse.eval.preference import check_options, evaluate_preferences, is_preference_file
+
     _check_args(few_shot, shots_from, metric, max_new_tokens, limit, batch_size)
     if precision not in PRECISIONS:
         raise InvalidRequest(f"--precision must be one of {', '.join(PRECISIONS)}; "
                              f"got '{precision}'", param="precision")
+    if is_preference_file(data):  # DPO's format: preference accuracy, base vs fine-tuned
+        check_options(few_shot, metric)
+        return evaluate_preferences(model, data, against=against, max_new_tokens=max_new_tokens,
+                                    limit=limit, forgetting=forgetting, batch_size=batch_size,
+                                    precision=precision, progress=progress)
     started = time.perf_counter()
     examples = load_heldout(data, limit)
     shots = load_shots(shots_from, few_shot, exclude=examples) if few_shot and shots_from else []

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tunehouse.errors import InvalidFile, NotFound
 from tunehouse.eval.report_html import render_html
-from tunehouse.eval.results import EvalReport
+from tunehouse.eval.results import PREFERENCE, EvalReport
 
 COLORS = {"fine-tuned": "#2a9d8f", "base": "#8d99ae", "few-shot": "#e9c46a"}
 
@@ -150,6 +150,52 @@ def _plot_loss(report: EvalReport, out: Path) -> Path:
     return _save(fig, out / "loss.png")
 
 
+def _plot_preference(report: EvalReport, out: Path) -> Path:
+    """Preference accuracy (summed and per-token) per candidate with 95% CIs and the chance
+    line; beside it the mean margin, and the forgetting check when it ran."""
+    import matplotlib.pyplot as plt
+
+    names = ["preference_accuracy", "normalized_preference_accuracy"]
+    panels = 3 if report.forgetting else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels + 1.5, 3.6), dpi=100,
+                             squeeze=False, gridspec_kw={"width_ratios": [1.6] + [1] *
+                                                         (panels - 1)})
+    ax, cands = axes[0][0], report.candidates
+    width = 0.8 / max(1, len(cands))
+    for k, cand in enumerate(cands):
+        xs = [i + (k - (len(cands) - 1) / 2) * width for i in range(len(names))]
+        vals = [_nz(cand.summary.get(n)) for n in names]
+        ax.bar(xs, vals, width, yerr=_errors(cand.ci, names, vals), capsize=3,
+               label=cand.name, color=COLORS.get(cand.name))
+    ax.axhline(0.5, color="#999", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(range(len(names)), ["preference accuracy", "per-token (length-normalised)"])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("fraction of pairs")
+    ax.set_title(f"Preferred answer more likely ({report.n_examples} held-out pairs)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    ax2 = axes[0][1]
+    vals = [_nz(c.summary.get("margin")) for c in cands]
+    ax2.bar([c.name for c in cands], vals, yerr=_errors_of(cands, "margin", vals), capsize=3,
+            color=[COLORS.get(c.name, "#888") for c in cands])
+    ax2.axhline(0, color="#999", linewidth=1)
+    ax2.set_title("Mean margin")
+    ax2.set_ylabel("log p(preferred) - log p(other), nats")
+    if report.forgetting:
+        f = report.forgetting
+        axes[0][2].bar(["base", "fine-tuned"], [_nz(f["base_loss"]), _nz(f["fine_tuned_loss"])],
+                       color=[COLORS["base"], COLORS["fine-tuned"]])
+        axes[0][2].set_title(f"Forgetting: general chat loss (n={f['n_examples']})")
+    fig.tight_layout()
+    return _save(fig, out / "preference.png")
+
+
+def _errors_of(cands: list, name: str, vals: list[float]) -> list[list[float]]:
+    """Error-bar lengths of one metric across candidates."""
+    per = [_errors(c.ci, [name], [v]) for c, v in zip(cands, vals, strict=True)]
+    return [[e[0][0] for e in per], [e[1][0] for e in per]]
+
+
 def _errors(ci: dict[str, list[float]], names: list[str], vals: list[float]) -> list[list[float]]:
     """Asymmetric error-bar lengths from ``[low, high]`` intervals."""
     lows, highs = [], []
@@ -193,8 +239,11 @@ def write_report(report: EvalReport, out_dir: str | Path, *,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "report.json", json.dumps(report.to_dict(), indent=2).encode())
-    plots = [_plot_training(read_run_metrics(run_dir or report.run_dir), out),
-             _plot_metrics(report, out), _plot_loss(report, out)]
+    plots = [_plot_training(read_run_metrics(run_dir or report.run_dir), out)]
+    if report.kind == PREFERENCE:
+        plots.append(_plot_preference(report, out))
+    else:
+        plots += [_plot_metrics(report, out), _plot_loss(report, out)]
     page = render_html(report, [p for p in plots if p is not None])
     _atomic_write(out / "report.html", page.encode("utf-8"))
     return out / "report.html"

@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 
 from tunehouse.eval.metrics import OTHER_LABEL, normalize
-from tunehouse.eval.results import CandidateResult, EvalReport
+from tunehouse.eval.results import PREFERENCE, CandidateResult, EvalReport
 
 MAX_DISAGREEMENTS = 50
 CSS = """
@@ -77,7 +77,9 @@ def _differences(report: EvalReport) -> str:
 
 def _per_candidate(report: EvalReport) -> str:
     rows = []
-    for name in [*report.metrics, "loss", "perplexity"]:
+    extra_rows = ["chosen_logp", "rejected_logp"] if report.kind == PREFERENCE else \
+        ["loss", "perplexity"]
+    for name in [*report.metrics, *extra_rows]:
         cells = [esc(name.replace("_", " "))]
         for c in report.candidates:
             ci = c.ci.get(name)
@@ -156,6 +158,52 @@ def _disagreements(report: EvalReport) -> str:
                         rows, "disagreements")
 
 
+def _side_by_side(report: EvalReport) -> str:
+    """Preference pairs: both answers, each candidate's generated answer, and whether its
+    likelihood preferred the preferred answer (green) or not (red), with the margin."""
+    n = min(report.n_examples, MAX_DISAGREEMENTS)
+    rows = []
+    for i in range(n):
+        ex = report.examples[i]
+        cells = [f'<td class="num">{ex["line"]}</td>', f"<pre>{esc(ex['prompt'])}</pre>",
+                 f"<pre>{esc(ex['reference'])}</pre>",
+                 f"<pre>{esc(ex.get('non_preferred', ''))}</pre>"]
+        for c in report.candidates:
+            prefers = c.scores.get(report.primary, [])
+            margin = c.scores.get("margin", [])
+            cls = "" if i >= len(prefers) else ("right" if prefers[i] >= 0.999 else "wrong")
+            note = f"<br><small>margin {fmt(margin[i], 2, sign=True)}</small>" \
+                if i < len(margin) else ""
+            answer = c.answers[i] if i < len(c.answers) else ""
+            cells.append(f'<td class="{cls}"><pre>{esc(answer)}</pre>{note}</td>')
+        rows.append(cells)
+    shown = f"the first {n} of {report.n_examples}" if n < report.n_examples else "all"
+    note = (f"<p>{esc(shown)} pairs. Each candidate's own (greedy) answer to the prompt; green: "
+            "its likelihood prefers the preferred answer, red: it does not; margin = log "
+            "p(preferred) − log p(non-preferred) in nats.</p>")
+    return note + table(["line", "prompt", "preferred", "non-preferred",
+                         *[_cand_title(c) for c in report.candidates]], rows, "side-by-side")
+
+
+def _intro(report: EvalReport) -> str:
+    """What was evaluated, in one paragraph."""
+    if report.kind == PREFERENCE:
+        return (f"<p>{report.n_examples} held-out preference pairs from "
+                f"<code>{esc(report.data)}</code>. A model prefers the preferred answer when it "
+                "gives it the higher likelihood: the summed log-probability of the answer's "
+                "tokens given the prompt (per token for the length-normalised accuracy).</p>")
+    return (f"<p>{report.n_examples} held-out examples from <code>{esc(report.data)}</code>;\n"
+            f"answers judged as <b>{esc(report.kind)}</b> (headline metric: "
+            f"{esc(report.primary)}).</p>")
+
+
+def _answers(report: EvalReport) -> str:
+    """The per-example section: side by side for preference pairs, else disagreements."""
+    if report.kind == PREFERENCE:
+        return f"<h2>Answers side by side</h2>{_side_by_side(report)}"
+    return f"{_confusions(report)}\n<h2>Where the candidates disagree</h2>{_disagreements(report)}"
+
+
 def render_html(report: EvalReport, plots: list[Path]) -> str:
     """The whole page."""
     imgs = "".join(embed_png(p, p.stem.replace("_", " ")) for p in plots)
@@ -167,8 +215,7 @@ def render_html(report: EvalReport, plots: list[Path]) -> str:
 <title>tunehouse evaluation: {esc(report.model)}</title><style>{CSS}</style></head>
 <body>
 <h1>Was fine-tuning worth it? {esc(report.model)} vs {esc(report.base)}</h1>
-<p>{report.n_examples} held-out examples from <code>{esc(report.data)}</code>;
-answers judged as <b>{esc(report.kind)}</b> (headline metric: {esc(report.primary)}).</p>
+{_intro(report)}
 <p class="summary" id="summary">{esc(report.summary_line())}</p>
 <h2>Differences</h2>
 <p>Fine-tuned minus each alternative; 95% interval from a paired bootstrap over examples
@@ -177,8 +224,7 @@ answers judged as <b>{esc(report.kind)}</b> (headline metric: {esc(report.primar
 <h2>Candidates</h2>{_per_candidate(report)}
 <h2>Plots</h2>{imgs}
 <h2>Forgetting</h2>{_forgetting(report)}
-{_confusions(report)}
-<h2>Where the candidates disagree</h2>{_disagreements(report)}
+{_answers(report)}
 <h2>Settings</h2>{settings}
 </body></html>
 """

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FINE_TUNED, BASE, FEW_SHOT = "fine-tuned", "base", "few-shot"
+PREFERENCE = "preference"  # the kind of a report on preference pairs (``eval.preference``)
 
 
 @dataclass
@@ -66,7 +67,7 @@ class EvalReport:
     model: str
     base: str
     data: str
-    kind: str  # exact | json | label | text
+    kind: str  # exact | json | label | text | preference
     primary: str  # headline metric
     metrics: list[str]  # answer metrics in display order
     n_examples: int
@@ -104,8 +105,9 @@ class EvalReport:
     def summary_line(self) -> str:
         """One line for logs and job events, e.g. ``fine-tuned beats base: accuracy 0.91 vs
         0.42, +0.49 (95% CI 0.40..0.58)``."""
-        parts = []
-        for other in (BASE, FEW_SHOT):
+        preference = self.kind == PREFERENCE  # one line of its own: accuracy, base vs tuned
+        parts = [self._preference_line()] if preference else []
+        for other in () if preference else (BASE, FEW_SHOT):
             cmp = self.comparison(FINE_TUNED, other, self.primary)
             if cmp is None:
                 continue
@@ -119,6 +121,21 @@ class EvalReport:
             f = self.forgetting
             parts.append(f"general loss {f['base_loss']:.3f} -> {f['fine_tuned_loss']:.3f}")
         return "; ".join(parts)
+
+    def _preference_line(self) -> str:
+        """``fine-tuned prefers the preferred answer on 92% of 12 held-out pairs (base 8%)``
+        and the difference with its interval."""
+        tuned, base = self.candidate(FINE_TUNED), self.candidate(BASE)
+        if tuned is None or base is None:
+            return ""
+        cmp = self.comparison(FINE_TUNED, BASE, self.primary)
+        line = (f"fine-tuned prefers the preferred answer on "
+                f"{_pct(tuned.summary.get(self.primary))} of {self.n_examples} held-out pairs "
+                f"(base {_pct(base.summary.get(self.primary))})")
+        if cmp is not None and not math.isnan(cmp.diff):
+            line += (f", {cmp.diff:+.2f} (95% CI {cmp.ci_low:+.2f}..{cmp.ci_high:+.2f}, "
+                     f"{cmp.verdict})")
+        return line
 
     def format_text(self, width: int = 110) -> str:
         """Readable tables for a terminal: metrics per candidate, differences, forgetting."""
@@ -137,12 +154,15 @@ def _tables(report: EvalReport) -> list[Any]:
     from rich.table import Table
 
     title = f"{report.n_examples} held-out examples from {report.data} ({report.kind} answers)"
+    rows = [*report.metrics, "loss", "perplexity"]
+    if report.kind == PREFERENCE:
+        title = f"{report.n_examples} held-out preference pairs from {report.data}"
+        rows = [*report.metrics, "chosen_logp", "rejected_logp"]
     per = Table(title=title, title_justify="left")
     per.add_column("metric")
     for c in report.candidates:
         per.add_column(f"{c.name}\n{c.model}" + (f" ({c.shots} shots)" if c.shots else ""),
                        justify="right")
-    rows = [*report.metrics, "loss", "perplexity"]
     for name in rows:
         per.add_row(name, *[_cell(c, name) for c in report.candidates])
     per.add_row("prompt tokens", *[f"{c.prompt_tokens:.0f}" for c in report.candidates])
@@ -176,6 +196,11 @@ def _cell(c: CandidateResult, name: str) -> str:
     ci = c.ci.get(name)
     return f"{value:.3f} [{ci[0]:.2f}..{ci[1]:.2f}]" if ci and not math.isnan(ci[0]) \
         else f"{value:.3f}"
+
+
+def _pct(x: float | None) -> str:
+    """A fraction as a whole percentage ('-' when missing)."""
+    return "-" if x is None or math.isnan(x) else f"{x:.0%}"
 
 
 def _finite(obj: Any) -> Any:

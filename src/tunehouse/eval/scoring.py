@@ -3,6 +3,7 @@
 Which metrics apply follows from the references (``metrics.detect_kind``) or the user's
 ``--metric``: exact and normalised match always; JSON validity/keys/fields for JSON answers;
 accuracy and macro-F1 for labels; token F1 and ROUGE-L for free text; reference loss for all.
+Preference pairs are scored from log-probabilities instead (``pair_scores``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ KIND_METRICS = {
 PRIMARY = {"exact": "exact_match", "json": "json_field_accuracy", "label": "accuracy",
            "text": "rouge_l"}
 LOWER_IS_BETTER = {"loss"}
+# preference pairs (``eval.preference``): compared fine-tuned vs base, in display order
+PREFERENCE_METRICS = ("preference_accuracy", "normalized_preference_accuracy", "margin")
 
 
 def metric_names(kind: str) -> list[str]:
@@ -61,6 +64,32 @@ def score(answers: Sequence[str], refs: Sequence[str], kind: str,
         out["accuracy"] = [float(p == r) for p, r in
                            zip(label_indices(answers, labels), ref_idx, strict=True)]
     return out
+
+
+def pair_scores(chosen: Sequence[float], rejected: Sequence[float],
+                chosen_tokens: Sequence[int], rejected_tokens: Sequence[int]
+                ) -> dict[str, list[float]]:
+    """Per-pair values from the summed log-probabilities of the preferred (``chosen``) and
+    non-preferred (``rejected``) answers and their token counts.
+
+    ``preference_accuracy`` is 1.0 when the preferred answer has the higher log-probability
+    (a tie is 0.0: the model does not prefer it); ``normalized_preference_accuracy`` compares
+    log-probabilities per token instead, so a longer preferred answer is not penalised for its
+    length; ``margin`` is the difference in nats; ``chosen_logp``/``rejected_logp`` are the
+    inputs, kept for the report.
+
+    >>> pair_scores([-2.0], [-3.0], [4], [2])["normalized_preference_accuracy"]
+    [0.0]
+    """
+    rows = list(zip(chosen, rejected, chosen_tokens, rejected_tokens, strict=True))
+    return {
+        "preference_accuracy": [float(c > r) for c, r, _, _ in rows],
+        "normalized_preference_accuracy": [float(c / max(1, nc) > r / max(1, nr))
+                                           for c, r, nc, nr in rows],
+        "margin": [c - r for c, r, _, _ in rows],
+        "chosen_logp": [float(c) for c in chosen],
+        "rejected_logp": [float(r) for r in rejected],
+    }
 
 
 def _macro_f1_stat(answers: Sequence[str], refs: Sequence[str], labels: Sequence[str]):

@@ -2,7 +2,8 @@
 
 ``$TUNEHOUSE_HOME/jobs/<job-id>/run`` is the training output directory (resumable);
 ``$TUNEHOUSE_HOME/jobs/<job-id>/attempt-N.log`` the training process's log;
-``$TUNEHOUSE_HOME/models/ft/<job-id>/{final,ckpt-step-N}`` the published adapters. Publishing
+``$TUNEHOUSE_HOME/models/ft/<job-id>/attempt-N/{final,ckpt-step-K}`` the published adapters
+(one directory per attempt: a stale attempt never overwrites a newer one's model). Publishing
 hard-links the files of a *complete* checkpoint (they are never rewritten in place), so the
 trainer may prune its own checkpoints without breaking a model that is being served.
 """
@@ -67,5 +68,12 @@ def publish(source: Path, target: Path) -> Path:
 
 
 def remove(path: str | Path) -> None:
-    """Delete a published model directory (only inside the models tree)."""
+    """Delete a published model directory (only inside the models tree), and its
+    ``attempt-N`` parent once that is empty."""
     remove_model_dir(path)
+    parent = Path(path).parent
+    if parent.name.startswith("attempt-"):
+        try:
+            parent.rmdir()
+        except OSError:  # other models of that attempt remain (or it is gone)
+            pass

@@ -5,6 +5,10 @@ claimed attempt, so a crash, an out-of-memory kill or a cancel never takes the w
 API down. Every database write names the attempt (a fencing token, see ``store.jobs``): if a
 newer attempt has taken over, this process writes nothing and exits.
 
+Published models go to attempt-specific directories (``models/ft/<job>/attempt-N/...``), so a
+stalled attempt that wakes up after losing its lease cannot overwrite the model a newer attempt
+published: its directory is never referenced, and it is removed when the fenced write fails.
+
 Exit codes: 0 the job's outcome is recorded (succeeded, failed on user error, paused,
 cancelled); 3 stopped on request with a checkpoint (shutdown: re-queued); 4 the lease was lost;
 anything else (a traceback, a signal) is a crash that the worker counts against ``max_attempts``.
@@ -16,6 +20,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import signal
 import sys
 import threading
@@ -26,14 +31,14 @@ from typing import Any
 from sqlalchemy import select
 
 from tunehouse.config import TrainConfig, from_dict
-from tunehouse.errors import TunehouseError
+from tunehouse.errors import TunehouseError, is_disk_full
 from tunehouse.jobs import artifacts
 from tunehouse.jobs.evaluation import JobEvaluation, evaluate_run
 from tunehouse.store import Database, ids
 from tunehouse.store import events as ev
 from tunehouse.store import jobs as jobstore
 from tunehouse.store.files import file_path, store_copy
-from tunehouse.store.models import FileRow, JobRow
+from tunehouse.store.models import FileRow, JobRow, ModelRow
 
 EXIT_DONE, EXIT_STOPPED, EXIT_LEASE_LOST = 0, 3, 4
 KEEP_CHECKPOINTS = 3
@@ -51,7 +56,9 @@ def _finite(value: Any) -> Any:
 
 def _faults() -> dict[str, float]:
     """Fault injection for fault tests, e.g. ``TUNEHOUSE_FAULTS="step_sleep=0.2,crash_at_step=2"``
-    (``crash_on_start``: raise before anything runs, a poison job)."""
+    (``crash_on_start``: raise before anything runs, a poison job;
+    ``fsize_limit_after_checkpoint=N``: after the first checkpoint, no file of this process may
+    grow past N bytes (``RLIMIT_FSIZE``), so the next large write fails like a full disk)."""
     out: dict[str, float] = {}
     for item in filter(None, os.environ.get("TUNEHOUSE_FAULTS", "").split(",")):
         key, _, value = item.partition("=")
@@ -114,19 +121,30 @@ class JobReporter:
 
     def on_checkpoint(self, step: int, path: str, metrics: dict[str, Any], epoch_end: bool
                       ) -> None:
-        if not epoch_end:
-            return  # mid-epoch checkpoints exist for resume only; the API lists one per epoch
+        if epoch_end:  # mid-epoch checkpoints exist for resume only; the API lists one per epoch
+            self._publish_checkpoint(step, path, metrics)
+        limit = self.faults.get("fsize_limit_after_checkpoint")
+        if limit:
+            resource.setrlimit(resource.RLIMIT_FSIZE,
+                               (int(limit), resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    def _publish_checkpoint(self, step: int, path: str, metrics: dict[str, Any]) -> None:
         name = f"{self.model_name}:ckpt-step-{step}"
-        target = artifacts.publish(Path(path), artifacts.model_dir(self.job.id,
-                                                                   f"ckpt-step-{step}"))
+        target = artifacts.publish(Path(path), artifacts.model_dir(
+            self.job.id, f"attempt-{self.attempt}/ckpt-step-{step}"))
         shown = {k: _finite(metrics.get(k)) for k in METRIC_KEYS if k != "total_steps"}
         shown["step"] = step
-        with jobstore.fenced(self.db, self.job.id, self.attempt) as (s, _row):
-            ev.add_checkpoint(s, job_id=self.job.id, owner=self.job.owner, step=step,
-                              model_id=name, path=str(target), metrics=shown)
-            dropped = ev.prune_checkpoints(s, job_id=self.job.id, keep=KEEP_CHECKPOINTS)
-            ev.add_event(s, self.job.id, "info", f"Checkpoint created at step {step}: {name}")
-        for p in dropped:
+        try:
+            with jobstore.fenced(self.db, self.job.id, self.attempt) as (s, _row):
+                replaced = s.scalar(select(ModelRow.path).where(ModelRow.id == name))
+                ev.add_checkpoint(s, job_id=self.job.id, owner=self.job.owner, step=step,
+                                  model_id=name, path=str(target), metrics=shown)
+                dropped = ev.prune_checkpoints(s, job_id=self.job.id, keep=KEEP_CHECKPOINTS)
+                ev.add_event(s, self.job.id, "info", f"Checkpoint created at step {step}: {name}")
+        except BaseException:
+            artifacts.remove(target)  # never referenced: this attempt no longer holds the job
+            raise
+        for p in dropped + ([replaced] if replaced and replaced != str(target) else []):
             artifacts.remove(p)
 
 
@@ -199,7 +217,7 @@ def register_result(db: Database, job: JobRow, attempt: int, out_dir: Path,
                     evaluation: JobEvaluation | None = None) -> None:
     """Publish the final model, the metrics CSV (and evaluation report), mark the job succeeded."""
     name = artifacts.fine_tuned_name(job.model, job.suffix, job.id)
-    target = artifacts.publish(out_dir, artifacts.model_dir(job.id, "final"))
+    target = artifacts.publish(out_dir, artifacts.model_dir(job.id, f"attempt-{attempt}/final"))
     meta = json.loads((out_dir / "tunehouse.json").read_text())
     sources = [(out_dir / "metrics.csv", "step_metrics.csv")]
     if evaluation is not None:
@@ -225,6 +243,7 @@ def register_result(db: Database, job: JobRow, attempt: int, out_dir: Path,
     except BaseException:
         for path in paths:
             path.unlink(missing_ok=True)
+        artifacts.remove(target)
         raise
 
 
@@ -280,6 +299,9 @@ def run_job(db: Database, job_id: str, attempt: int, stop: threading.Event) -> i
     except TunehouseError as err:
         return _record_failure(db, job, attempt, err)
     except Exception as exc:  # torch.OutOfMemoryError is a RuntimeError; others are crashes
+        if is_disk_full(exc):  # e.g. safetensors' own I/O error while writing the final model
+            return _record_failure(db, job, attempt, None, code="disk_full", message=(
+                f"The disk is full (or a file-size limit was hit): {str(exc)[:300]}"))
         if not isinstance(exc, MemoryError) and type(exc).__name__ != "OutOfMemoryError":
             raise
         return _record_failure(db, job, attempt, None, code="out_of_memory", message=(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunehouse.errors import ModelNotFound
+from tunehouse.errors import InvalidRequest, ModelNotFound
 from tunehouse.paths import home
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -110,6 +110,7 @@ def resolve(name: str | None) -> ModelSource:
 def _resolve_dir(name: str, path: Path) -> ModelSource:
     adapter_cfg = path / "adapter_config.json"
     if adapter_cfg.is_file():
+        _refuse_remote_code(path)  # its tokenizer is loaded from here
         meta = path / "tunehouse.json"
         base = None
         if meta.is_file():
@@ -120,12 +121,29 @@ def _resolve_dir(name: str, path: Path) -> ModelSource:
         return ModelSource(name=name, path=str(path), adapter_of=base)
     if not (path / "config.json").is_file():
         raise ModelNotFound(f"Directory {path} has no config.json or adapter_config.json.")
-    cfg = json.loads((path / "config.json").read_text())
-    if cfg.get("auto_map"):
-        raise ModelNotFound(
-            f"Model {path} asks to run its own code (auto_map); tunehouse never runs remote code."
-        )
+    _refuse_remote_code(path)
     return ModelSource(name=name, path=str(path))
+
+
+def _refuse_remote_code(path: Path) -> None:
+    """Refuse a model whose config or tokenizer config maps classes to its own Python code
+    (``auto_map``): loading it would import that code (vLLM CVE-2025-66448). Checked on the
+    JSON alone, before transformers sees the directory.
+
+    Raises:
+        InvalidRequest: naming the file (HTTP 400, ``code=remote_code_not_allowed``).
+    """
+    for name in ("config.json", "tokenizer_config.json"):
+        file = path / name
+        try:
+            data = json.loads(file.read_text()) if file.is_file() else {}
+        except (OSError, ValueError):
+            raise InvalidRequest(f"Model {path}: {name} is not valid JSON.", param="model",
+                                 code="invalid_model") from None
+        if isinstance(data, dict) and data.get("auto_map"):
+            raise InvalidRequest(
+                f"Model {path} asks to run its own code ({name} has auto_map); tunehouse never "
+                "runs code shipped with a model.", param="model", code="remote_code_not_allowed")
 
 
 def load_tokenizer(source: ModelSource) -> Any:

@@ -26,9 +26,9 @@ import torch
 from tunehouse import models
 from tunehouse.errors import InvalidRequest, ModelNotFound, TunehouseError
 from tunehouse.models import ModelSource
+from tunehouse.serve.router import BASE_ADAPTER, AdapterRouter
 
 BASE_LANE = "base"
-BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 END_OF_TURN_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>",
                       "<end_of_turn>", "<|end|>", "</s>")
 
@@ -59,57 +59,6 @@ class TextInfo:
     lock: threading.Lock  # fast tokenizers are not safe to call from several threads at once
     stop_ids: frozenset[int]
     context_length: int
-
-
-class AdapterRouter:
-    """Routes each batch row of the PEFT-wrapped base model through its own adapter.
-
-    PEFT's LoRA layers accept ``adapter_names`` (one per row, ``__base__`` = none) for mixed
-    batches; ``PeftModel.forward(adapter_names=...)`` installs pre-hooks on every layer for
-    each call, which costs milliseconds per decode step. The router installs those hooks
-    once (again after every adapter load or delete) and just swaps the names per call.
-    When every row wants the same adapter it takes PEFT's ordinary path instead.
-    """
-
-    def __init__(self) -> None:
-        self._names: list[str] | None = None
-        self._handles: list[Any] = []
-        self._peft = False
-
-    def attach(self, model: Any) -> None:
-        """(Re)install the hooks on every LoRA layer of ``model``."""
-        from peft import PeftModel
-        from peft.tuners.lora import LoraLayer
-        from peft.utils.other import AuxiliaryTrainingWrapper
-
-        for handle in self._handles:
-            handle.remove()
-        self._peft = isinstance(model, PeftModel)
-        self._handles = [
-            m.register_forward_pre_hook(self._hook, with_kwargs=True)
-            for m in model.modules() if isinstance(m, (LoraLayer, AuxiliaryTrainingWrapper))
-        ]
-
-    def _hook(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if self._names is not None:
-            kwargs["adapter_names"] = self._names
-        return args, kwargs
-
-    def forward(self, model: Any, adapters: list[str], **kwargs: Any) -> Any:
-        """``model(**kwargs)`` with row ``i`` using adapter ``adapters[i]``."""
-        if not self._peft:
-            return model(**kwargs)
-        names = set(adapters)
-        if len(names) == 1 and BASE_ADAPTER not in names:
-            (name,) = names
-            if model.active_adapter != name:
-                model.set_adapter(name)
-            return model(**kwargs)
-        self._names = list(adapters)
-        try:
-            return model(**kwargs)
-        finally:
-            self._names = None
 
 
 def plain_forward(model: Any, adapters: list[str], **kwargs: Any) -> Any:

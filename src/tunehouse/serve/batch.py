@@ -7,7 +7,7 @@ and concatenated on the batch axis. Finished rows are removed with ``batch_selec
 and columns that are padding for every remaining row are trimmed. Position ids are passed
 explicitly (each row's count of real tokens), so RoPE sees true positions despite padding.
 
-Each row names its adapter; ``forward`` (``adapters.AdapterRouter.forward`` for the base
+Each row names its adapter; ``forward`` (``router.AdapterRouter.forward`` for the base
 lane) makes every row use its own, so rows never see another row's adapter.
 """
 

@@ -188,6 +188,11 @@ class Engine:
         """Maximum prompt + completion tokens of ``model_id``."""
         return self._info(model_id)[1].context_length
 
+    def supports_tools(self, model_id: str) -> bool:
+        """Whether ``model_id``'s chat template renders a ``tools`` list (otherwise tools
+        passed to it would be silently dropped from the prompt)."""
+        return template_uses(self._info(model_id)[1].tokenizer, "tools")
+
     def count_prompt_tokens(self, model_id: str, messages: list[dict],
                             tools: list | None = None) -> int:
         """Tokens of ``messages`` rendered with the model's chat template (generation prompt
@@ -256,6 +261,23 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def template_uses(tokenizer: Any, variable: str) -> bool:
+    """Whether the tokenizer's chat template(s) read ``variable`` (Jinja's own analysis)."""
+    from jinja2 import TemplateSyntaxError, meta
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    templates = tokenizer.chat_template
+    sources = templates.values() if isinstance(templates, dict) else [templates]
+    env = ImmutableSandboxedEnvironment()
+    for source in sources:
+        try:
+            if source and variable in meta.find_undeclared_variables(env.parse(source)):
+                return True
+        except TemplateSyntaxError:
+            continue
+    return False
 
 
 def _check_messages(messages: Any) -> None:

@@ -4,7 +4,9 @@ SQLite is opened in WAL mode with ``synchronous=FULL`` (job state must survive a
 a ``busy_timeout``; every *write* transaction starts with ``BEGIN IMMEDIATE`` so that a
 read-then-write (a job claim, a status change) takes the write lock up front and waits for it,
 instead of failing with ``database is locked`` when a deferred transaction tries to upgrade.
-On PostgreSQL the same code runs with ``SELECT ... FOR UPDATE SKIP LOCKED`` claims.
+On PostgreSQL (psycopg 3) the same code runs with ``SELECT ... FOR UPDATE SKIP LOCKED`` claims,
+and every read-then-write of a job row locks it with ``FOR UPDATE`` (``store.jobs``), which is
+what ``BEGIN IMMEDIATE`` gives on SQLite.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from tunehouse.errors import InvalidConfig
 from tunehouse.paths import home
 
 BUSY_TIMEOUT_MS = 30_000
+_SCHEMA_LOCK = 0x7475_6E65  # pg_advisory_xact_lock key held while creating tables ("tune")
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smbfs", "smb3", "9p", "fuse.sshfs", "afs", "lustre"}
 
 
@@ -79,11 +82,28 @@ def _sqlite_hooks(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def normalize_url(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` mean the psycopg 3 driver (``tunehouse[postgres]``);
+    SQLAlchemy's own default for them would be psycopg2, which tunehouse does not install."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _postgres_engine(url: str) -> Engine:
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise InvalidConfig(f"The database URL needs the PostgreSQL driver '{exc.name}': "
+                            "pip install 'tunehouse[postgres]'.") from None
+
+
 class Database:
     """An engine plus read and write session factories for one database URL."""
 
     def __init__(self, url: str | None = None):
-        self.url = url or os.environ.get("TUNEHOUSE_DATABASE") or default_url()
+        self.url = normalize_url(url or os.environ.get("TUNEHOUSE_DATABASE") or default_url())
         self.is_sqlite = self.url.startswith("sqlite")
         if self.is_sqlite:
             _check_sqlite_path(self.url)
@@ -91,16 +111,20 @@ class Database:
                                                                 "check_same_thread": False})
             _sqlite_hooks(self.engine)
         else:
-            self.engine = create_engine(self.url, pool_pre_ping=True)
-        writer = self.engine.execution_options(tunehouse_write=True)
+            self.engine = _postgres_engine(self.url)
+        self._writer = self.engine.execution_options(tunehouse_write=True)
         self._read = sessionmaker(bind=self.engine, expire_on_commit=False)
-        self._write = sessionmaker(bind=writer, expire_on_commit=False)
+        self._write = sessionmaker(bind=self._writer, expire_on_commit=False)
 
     def create_all(self) -> None:
-        """Create missing tables (idempotent)."""
+        """Create missing tables (idempotent, and safe when several processes start at once:
+        one transaction under ``BEGIN IMMEDIATE`` on SQLite, an advisory lock on PostgreSQL)."""
         from tunehouse.store.models import Base
 
-        Base.metadata.create_all(self.engine)
+        with self._writer.begin() as conn:
+            if not self.is_sqlite:
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK})")
+            Base.metadata.create_all(conn)
 
     @contextmanager
     def read(self) -> Iterator[Session]:

@@ -57,11 +57,15 @@ def add_metrics(s: Session, job_id: str, attempt: int, data: dict[str, Any]) -> 
                     created_at=time.time(), data=data))
 
 
-def list_metrics(db: Database, *, job_id: str) -> list[dict[str, Any]]:
-    """Every stored metrics dict of a job in step order; a resumed step keeps its latest row."""
+def list_metrics(db: Database, *, job_id: str, after: int | None = None
+                 ) -> list[dict[str, Any]]:
+    """Every stored metrics dict of a job in step order (only steps > ``after`` if given);
+    a resumed step keeps its latest row."""
+    q = select(MetricRow).where(MetricRow.job_id == job_id)
+    if after is not None:
+        q = q.where(MetricRow.step > after)
     with db.read() as s:
-        rows = s.scalars(select(MetricRow).where(MetricRow.job_id == job_id)
-                         .order_by(MetricRow.seq)).all()
+        rows = s.scalars(q.order_by(MetricRow.seq)).all()
     by_step: dict[int, dict[str, Any]] = {}
     for r in rows:
         by_step[r.step] = r.data
@@ -70,7 +74,14 @@ def list_metrics(db: Database, *, job_id: str) -> list[dict[str, Any]]:
 
 def add_checkpoint(s: Session, *, job_id: str, owner: str, step: int, model_id: str, path: str,
                    metrics: dict[str, Any]) -> CheckpointRow:
-    """Record a servable checkpoint and its model id."""
+    """Record a servable checkpoint and its model id (a retried attempt that saves the same
+    step again updates the existing rows)."""
+    row = s.scalar(select(CheckpointRow).where(
+        CheckpointRow.fine_tuned_model_checkpoint == model_id))
+    if row is not None:
+        row.created_at, row.metrics = ids.now(), metrics
+        add_model(s, model_id=model_id, owner=owner, job_id=job_id, kind="checkpoint", path=path)
+        return row
     row = CheckpointRow(id=ids.new_id("checkpoint"), job_id=job_id, created_at=ids.now(),
                         step_number=step, fine_tuned_model_checkpoint=model_id, metrics=metrics)
     s.add(row)

@@ -109,7 +109,8 @@ def control(db: Database, *, owner: str, job_id: str, action: str) -> JobRow:
                "pause": ("validating_files", "queued", "running"), "resume": ("paused",)}[action]
     done = {"cancel": "cancelled", "pause": "paused", "resume": None}[action]
     with db.write() as s:
-        row = s.scalar(select(JobRow).where(JobRow.id == job_id, JobRow.owner == owner))
+        row = s.scalar(select(JobRow).where(JobRow.id == job_id, JobRow.owner == owner)
+                       .with_for_update())
         if row is None:  # checked above; jobs are never deleted, but be exact
             raise NotFound(f"Fine-tuning job '{job_id}' not found.",
                            code="fine_tuning_job_not_found", param="fine_tuning_job_id")
@@ -199,7 +200,7 @@ def release(db: Database, claim: Claim, *, outcome: str, error_text: str | None 
     with db.write() as s:
         row = s.scalar(select(JobRow).where(JobRow.id == claim.job_id,
                                             JobRow.attempt == claim.attempt,
-                                            JobRow.worker_id == claim.worker_id))
+                                            JobRow.worker_id == claim.worker_id).with_for_update())
         if row is None:
             return  # fenced out: a newer attempt owns the job
         row.worker_id, row.lease_expires_at = None, None
@@ -225,13 +226,16 @@ def release(db: Database, claim: Claim, *, outcome: str, error_text: str | None 
 @contextmanager
 def fenced(db: Database, job_id: str, attempt: int) -> Iterator[tuple[Session, JobRow]]:
     """A write transaction on the job, only while ``attempt`` still holds it and the job is
-    not finished (a cancelled job gets no more events, metrics or checkpoints).
+    not finished (a cancelled job gets no more events, metrics or checkpoints). The row is
+    locked for the whole transaction (``FOR UPDATE`` on PostgreSQL; SQLite's ``BEGIN
+    IMMEDIATE`` already excludes other writers), so a claim cannot move the job to a newer
+    attempt between the check and the write.
 
     Raises:
         LeaseLost: a newer attempt has claimed the job, or it ended; nothing is written.
     """
     with db.write() as s:
-        row = s.scalar(select(JobRow).where(JobRow.id == job_id))
+        row = s.scalar(select(JobRow).where(JobRow.id == job_id).with_for_update())
         if row is None or row.attempt != attempt or row.status in TERMINAL:
             state = "ended" if row is not None and row.status in TERMINAL else "moved on"
             raise LeaseLost(f"job {job_id}: attempt {attempt} no longer holds it ({state})")

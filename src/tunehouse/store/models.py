@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -23,7 +23,7 @@ class FileRow(Base):
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
-    bytes: Mapped[int] = mapped_column(Integer)
+    bytes: Mapped[int] = mapped_column(BigInteger)  # > 2 GiB fits on PostgreSQL too
     created_at: Mapped[int] = mapped_column(Integer)
     filename: Mapped[str] = mapped_column(String(512))  # client's name: metadata only
     purpose: Mapped[str] = mapped_column(String(32))
@@ -50,7 +50,7 @@ class JobRow(Base):
     training_file: Mapped[str] = mapped_column(String(64))
     validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
     result_files: Mapped[list[str]] = mapped_column(JSON, default=list)
-    trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     seed: Mapped[int] = mapped_column(Integer)
     estimated_finish: Mapped[int | None] = mapped_column(Integer, nullable=True)
     integrations: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)

@@ -9,7 +9,6 @@ safetensors and JSON are ever read back: no pickle, no ``torch.load``.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunehouse.errors import CheckpointError, DiskFull
+from tunehouse.errors import CheckpointError, DiskFull, is_disk_full
 
 MANIFEST = "MANIFEST.json"
 STEP_DIR = re.compile(r"^step-(\d{6,})$")
@@ -96,14 +95,12 @@ def save_atomic(root: Path, step: int, write: Callable[[Path], None], state: dic
         os.replace(tmp, final)
         _fsync_dir(root)
         return final
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        # ENOSPC/EDQUOT/EFBIG, also wrapped (safetensors raises its own error type)
+        if isinstance(exc, Exception) and not isinstance(exc, DiskFull) and is_disk_full(exc):
             raise DiskFull(f"Disk full while writing a checkpoint in {root}; "
                            "the previous checkpoint is intact.") from None
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
