@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 
 from tunehouse.config import TrainConfig
+from tunehouse.models.logprobs import HEAD_CHUNK, causal_lm, pad_right
 
 IGNORE_INDEX = -100
-HEAD_CHUNK = 2048  # trained positions per lm_head chunk
 
 
 def wrap_for_training(model: Any, cfg: TrainConfig) -> Any:
@@ -32,11 +32,6 @@ def wrap_for_training(model: Any, cfg: TrainConfig) -> Any:
         target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lcfg)
-
-
-def causal_lm(model: Any) -> Any:
-    """The underlying ``*ForCausalLM`` (unwrapping PEFT) whose ``.model`` and ``.lm_head`` we use."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def trained_token_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -117,18 +112,7 @@ def _head_loss(lm: Any, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     return total, n, correct
 
 
-def collate(examples: list[tuple[list[int], list[int]]], pad_id: int
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-pad ``(input_ids, labels)`` pairs into tensors with an attention mask."""
-    width = max(len(ids) for ids, _ in examples)
-    ids_t = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    lab_t = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
-    att_t = torch.zeros((len(examples), width), dtype=torch.long)
-    for r, (ids, labels) in enumerate(examples):
-        ids_t[r, :len(ids)] = torch.tensor(ids)
-        lab_t[r, :len(labels)] = torch.tensor(labels)
-        att_t[r, :len(ids)] = 1
-    return ids_t, att_t, lab_t
+collate = pad_right  # the name training code and tests use for right-padding rows
 
 
 def use_bf16(precision: str, device: str) -> bool:
