@@ -41,6 +41,7 @@ from tunehouse.train.dpo import (
 )
 from tunehouse.train.hparams import lr_at
 from tunehouse.train.loop import TOKEN_BUDGET, Trainer
+from tunehouse.train.parallel import release_memory
 
 EXTRA_KEYS = ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
               "chosen_logps", "rejected_logps", "preference_accuracy")
@@ -98,21 +99,24 @@ class DpoTrainer(Trainer):
         lr = lr_at(st.step, hp.total_steps, hp.learning_rate, self.cfg.warmup_ratio)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        sums: dict[str, float] = dict.fromkeys(("loss", *EXTRA_KEYS), 0.0)
-        tokens = 0
-        budget = max(TOKEN_BUDGET, max(self._lengths[i] for i in batch))
-        for mb in micro_batches(batch, self._lengths, budget):
+        budget = max(self.token_budget, max(self._lengths[i] for i in batch))
+        mbs = sorted(micro_batches(batch, self._lengths, budget),
+                     key=lambda mb: -len(mb) * max(self._lengths[i] for i in mb))
+
+        def loss_of(mb: list[int]) -> tuple[torch.Tensor, tuple[dict[str, float], int]]:
             pairs = [self.train_set[i] for i in mb]
             with self.autocast():
                 pc, pr = pair_logps(self.model, pairs, self.tokenizer.pad_token_id, self.device)
             losses, stats = self._losses(pairs, pc, pr)
-            (losses.sum() / len(batch)).backward()
-            sums = {k: sums[k] + stats[k] for k in sums}
-            tokens += sum(p.n_tokens for p in pairs)
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+            return losses.sum() / len(batch), (stats, sum(p.n_tokens for p in pairs))
+
+        results = self.workers.gradients(mbs, loss_of, self._trainable)
+        sums = {k: sum(stats[k] for stats, _ in results) for k in ("loss", *EXTRA_KEYS)}
+        tokens = sum(n for _, n in results)
+        torch.nn.utils.clip_grad_norm_(self._trainable, self.cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        release_memory()
         st.step += 1
         st.trained_tokens += tokens
         dt = time.perf_counter() - t0

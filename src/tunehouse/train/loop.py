@@ -2,11 +2,12 @@
 
 Per optimiser step: the step's examples (a random batch, see ``data.packing``) are packed back
 to back into rows under a token budget (no padding; attention stays inside each example, see
-``train.attention``), each row runs forward in bf16 autocast where the hardware has it, the
-loss is computed only on trained tokens (``train.model.packed_token_loss``) and normalised by
-the trained tokens of the whole step, gradients accumulate, then AdamW steps at the scheduled
-learning rate. Logging, checkpointing and evaluation live in their own modules;
-this file only sequences them.
+``train.attention``); on a CPU the rows run on one single-threaded worker per core
+(``train.parallel``), largest first. Each row runs forward in bf16 autocast where the hardware
+has it, the loss is computed only on trained tokens (``train.model.packed_token_loss``, the
+head's gradient fused in, ``train.head``) and normalised by the trained tokens of the whole
+step; gradients are summed in row order, then AdamW steps at the scheduled learning rate.
+Logging, checkpointing and evaluation live in their own modules; this file only sequences them.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tunehouse.train.attention import use_varlen
 from tunehouse.train.callbacks import TrainCallbacks
 from tunehouse.train.hparams import Resolved, lr_at, resolve
 from tunehouse.train.model import (
+    Packed,
     autocast_context,
     causal_lm,
     pack,
@@ -36,9 +38,11 @@ from tunehouse.train.model import (
     wrap_for_training,
 )
 from tunehouse.train.outputs import MetricsLog
+from tunehouse.train.parallel import StepWorkers, release_memory, worker_count
 from tunehouse.train.state import RunState, finish_run, restore, save_checkpoint
 
-TOKEN_BUDGET = 2048  # tokens per packed micro-batch: bounds activation memory
+TOKEN_BUDGET = 2048  # tokens per packed micro-batch on CUDA: bounds activation memory
+CPU_TOKEN_BUDGET = 1024  # tokens in flight on CPU (all workers' rows together)
 
 
 @dataclass
@@ -76,6 +80,7 @@ class Trainer:
         self.state = RunState()
         self.metrics = MetricsLog(self._prepare_out())
         self.autocast = lambda: autocast_context(cfg.precision, self.device)
+        self.workers = StepWorkers(worker_count(self.device, cfg.full, self.hp.batch_size))
         self._valid_cursor = 0
 
     # ----- set-up -------------------------------------------------------------------------
@@ -139,6 +144,12 @@ class Trainer:
 
     # ----- training -------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        try:
+            return self._run()
+        finally:
+            self.workers.close()
+
+    def _run(self) -> TrainResult:
         if self.cfg.resume:
             restore(self)
         self.cb.on_message("info", f"Training {self.base_name} on {len(self.train_set)} examples "
@@ -177,18 +188,19 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         n_targets = sum(self.train_set[i].n_targets for i in batch)
-        loss_sum, correct, tokens = 0.0, 0, 0
-        lengths = [e.length for e in self.train_set]
-        for mb in pack_groups(batch, lengths, TOKEN_BUDGET):
-            packed = pack([(self.train_set[i].input_ids, self.train_set[i].labels) for i in mb])
+
+        def loss_of(packed: Packed) -> tuple[torch.Tensor, tuple[float, int, int]]:
             with self.autocast():
-                loss, n, c = packed_token_loss(self.model, packed.to(self.device))
-            (loss / n_targets).backward()
-            loss_sum, correct, tokens = loss_sum + float(loss.detach()), correct + c, tokens + packed.tokens
-        params = [p for g in self.opt.param_groups for p in g["params"]]
-        torch.nn.utils.clip_grad_norm_(params, self.cfg.max_grad_norm)
+                loss, _, c = packed_token_loss(self.model, packed.to(self.device))
+            return loss / n_targets, (float(loss.detach()), c, packed.tokens)
+
+        stats = self.workers.gradients(self._rows(batch, self.train_set), loss_of,
+                                       self._trainable)
+        loss_sum, correct, tokens = (sum(col) for col in zip(*stats))
+        torch.nn.utils.clip_grad_norm_(self._trainable, self.cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        release_memory()
         st.step += 1
         st.trained_tokens += tokens
         dt = time.perf_counter() - t0
@@ -200,18 +212,37 @@ class Trainer:
             row.update(self._valid_batch())
         return row
 
+    @property
+    def _trainable(self) -> list[torch.Tensor]:
+        return [p for g in self.opt.param_groups for p in g["params"]]
+
+    def _rows(self, idx: list[int], examples: list[Any]) -> list[Packed]:
+        """Examples ``idx`` packed into rows under the token budget, most work first."""
+        lengths = [e.length for e in examples]
+        rows = pack_groups(idx, lengths, self.token_budget)
+        rows.sort(key=lambda r: -sum(lengths[i] * (1 + lengths[i] / 2048) for i in r))
+        return [pack([(examples[i].input_ids, examples[i].labels) for i in row]) for row in rows]
+
+    @property
+    def token_budget(self) -> int:
+        """Tokens per packed row: the budget shared by the workers (at least 256 each)."""
+        if self.device.startswith("cuda"):
+            return TOKEN_BUDGET
+        return max(256, CPU_TOKEN_BUDGET // self.workers.n)
+
     # ----- validation -----------------------------------------------------------------------
-    @torch.no_grad()
     def _loss_over(self, idx: list[int]) -> tuple[float, float]:
-        self.model.eval()
-        lengths = [self.valid_set[i].length for i in idx]
-        total, n_all, c_all = 0.0, 0, 0
-        for mb in pack_groups(list(range(len(idx))), lengths, TOKEN_BUDGET):
-            packed = pack([(self.valid_set[idx[j]].input_ids, self.valid_set[idx[j]].labels) for j in mb])
-            with self.autocast():
+        def loss_of(packed: Packed) -> tuple[float, int, int]:
+            with torch.no_grad(), self.autocast():  # per thread: workers do not inherit it
                 loss, n, c = packed_token_loss(self.model, packed.to(self.device))
-            total, n_all, c_all = total + float(loss), n_all + n, c_all + c
-        self.model.train()
+            return float(loss), n, c
+
+        self.model.eval()
+        try:
+            stats = self.workers.map(self._rows(idx, self.valid_set), loss_of)
+        finally:
+            self.model.train()
+        total, n_all, c_all = (sum(col) for col in zip(*stats))
         return total / max(1, n_all), c_all / max(1, n_all)
 
     def _valid_batch(self) -> dict[str, float]:

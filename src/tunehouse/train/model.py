@@ -1,7 +1,8 @@
 """Model set-up for training and the loss on trained tokens only.
 
 The language-model head is applied only to positions whose next token is trained (assistant
-tokens), in chunks: prompt tokens never materialise full-vocabulary logits. For SmolLM2 with a
+tokens), in chunks, with its gradient computed on the spot (``train.head``): prompt tokens never
+materialise full-vocabulary logits, and trained tokens' logits are not kept for ``backward``. For SmolLM2 with a
 49k vocabulary this is most of the memory and a large share of the compute of a naive
 ``model(input_ids, labels=...)`` call.
 """
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 
 from tunehouse.config import TrainConfig
 from tunehouse.models.logprobs import HEAD_CHUNK, causal_lm, pad_right
+from tunehouse.train.head import head_cross_entropy
 
 IGNORE_INDEX = -100
 
@@ -103,10 +105,14 @@ def _head_loss(lm: Any, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[tor
     n = int(y.numel())
     if n == 0:
         return hidden.sum() * 0.0, 0, 0
+    head = lm.lm_head
+    if type(head) is torch.nn.Linear and head.bias is None:  # not adapted: fused loss and gradient
+        total, correct = head_cross_entropy(h, head.weight, y)
+        return total, n, correct
     total = hidden.new_zeros((), dtype=torch.float32)
     correct = 0
     for s in range(0, n, HEAD_CHUNK):
-        logits = lm.lm_head(h[s:s + HEAD_CHUNK]).float()
+        logits = head(h[s:s + HEAD_CHUNK]).float()
         total = total + F.cross_entropy(logits, y[s:s + HEAD_CHUNK], reduction="sum")
         correct += int((logits.detach().argmax(-1) == y[s:s + HEAD_CHUNK]).sum())
     return total, n, correct
