@@ -13,8 +13,11 @@ adapter, i.e. the chat template used in training.
 
 Speed notes, measured on the 2-core AMD EPYC build machine (AVX-512 BF16, no AMX) with the
 embedded SmolLM2-135M, greedy, 64 new tokens. A bare decode loop ran float32 at ~14 tok/s
-(batch 1) and ~78 tok/s (batch 8) but bfloat16 at only ~2.6 and ~20 (no AMX: bf16 matmuls
-are slow), so ``dtype="auto"`` is float32 on CPU and bfloat16 on GPUs. Everything runs under
+(batch 1) and ~78 tok/s (batch 8) but bfloat16 at only ~2.6 and ~20, so ``dtype="auto"`` is
+float32 on CPU and bfloat16 on GPUs. A later measurement with torch 2.13 (``benchmarks/
+serve_throughput.py``: ``generate`` on a merged model) found bf16 faster there (15.8 and 82.8
+tok/s against fp32's 12.1 and 45.3); the default has not been switched yet because the
+server's bf16 path is not yet tested against its fp32 answers. Everything runs under
 ``torch.inference_mode()``; engine overhead (scheduling, sampling, detokenising) is a few
 percent of a step. Torch uses one thread per core by default; while other processes kept the
 cores busy (load 4-9), two threads waited on each other and the engine fell to 1-4 tok/s,
