@@ -42,3 +42,14 @@ def remote_code_model(source: Path, target: Path, marker: Path, *,
                        "AutoTokenizer": ["evil.EvilTokenizer", None]}
     (target / in_file).write_text(json.dumps(cfg))
     return target
+
+
+def children(pid: int) -> list[int]:
+    """Child pids of ``pid`` (Linux /proc)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out += [int(x) for x in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return out

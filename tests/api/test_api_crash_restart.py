@@ -12,6 +12,8 @@ from pathlib import Path
 
 from api_support import chat_example, jsonl, start_server, stop_server, wait_job
 
+from th_support import children
+
 
 def process_tree(pid: int) -> list[int]:
     """``pid`` and all its descendants (Linux /proc)."""
@@ -19,11 +21,7 @@ def process_tree(pid: int) -> list[int]:
     while todo:
         p = todo.pop()
         out.append(p)
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(x) for x in (task / "children").read_text().split()]
-            except OSError:
-                pass
+        todo += children(p)
     return out
 
 

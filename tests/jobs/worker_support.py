@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from th_support import children  # noqa: F401  (re-exported for the job tests)
 from tunehouse.store import events as ev
 from tunehouse.store import files as filestore
 from tunehouse.store import ids
@@ -57,17 +58,6 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-
-
-def children(pid: int) -> list[int]:
-    """Child pids of ``pid`` (Linux /proc)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            out += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return out
 
 
 def alive(pid: int) -> bool:
