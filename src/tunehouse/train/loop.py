@@ -218,10 +218,11 @@ class Trainer:
 
     def _rows(self, idx: list[int], examples: list[Any]) -> list[Packed]:
         """Examples ``idx`` packed into rows under the token budget, most work first."""
-        lengths = [e.length for e in examples]
-        rows = pack_groups(idx, lengths, self.token_budget)
-        rows.sort(key=lambda r: -sum(lengths[i] * (1 + lengths[i] / 2048) for i in r))
-        return [pack([(examples[i].input_ids, examples[i].labels) for i in row]) for row in rows]
+        lengths = [examples[i].length for i in idx]  # this step's only, not the whole set's
+        rows = pack_groups(range(len(idx)), lengths, self.token_budget)
+        rows.sort(key=lambda r: -sum(lengths[j] * (1 + lengths[j] / 2048) for j in r))
+        return [pack([(examples[idx[j]].input_ids, examples[idx[j]].labels) for j in row])
+                for row in rows]
 
     @property
     def token_budget(self) -> int:

@@ -2,9 +2,9 @@
 
 The language-model head is applied only to positions whose next token is trained (assistant
 tokens), in chunks, with its gradient computed on the spot (``train.head``): prompt tokens never
-materialise full-vocabulary logits, and trained tokens' logits are not kept for ``backward``. For SmolLM2 with a
-49k vocabulary this is most of the memory and a large share of the compute of a naive
-``model(input_ids, labels=...)`` call.
+materialise full-vocabulary logits, and trained tokens' logits are not kept for ``backward``.
+For SmolLM2 with a 49k vocabulary this is most of the memory and a large share of the compute
+of a naive ``model(input_ids, labels=...)`` call.
 """
 
 from __future__ import annotations
