@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 from worker_support import (
     alive,
-    children,
     job,
     messages,
     new_job,
@@ -25,6 +24,7 @@ from worker_support import (
     wait_for,
 )
 
+from th_support import children
 from tunehouse.store import events as ev
 from tunehouse.store import jobs as jobstore
 

@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 
 from sqlalchemy import select
-from worker_support import alive, children, job, messages, new_job, start_worker, stop, upload, wait_for
+from worker_support import alive, job, messages, new_job, start_worker, stop, upload, wait_for
 
+from th_support import children
 from tunehouse.store import events as ev
 from tunehouse.store.models import CheckpointRow, EventRow, FileRow, JobRow, MetricRow, ModelRow
 

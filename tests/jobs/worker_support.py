@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-from th_support import children  # noqa: F401  (re-exported for the job tests)
 from tunehouse.store import events as ev
 from tunehouse.store import files as filestore
 from tunehouse.store import ids
