@@ -3,9 +3,11 @@
 A packed row holds several examples back to back, with position ids restarting at each example
 and ``cu_seq_lens_q`` marking the boundaries. transformers would turn that into a dense
 block-diagonal mask over the whole row (O(row²) memory and compute, and the slow masked SDPA
-kernel on CPU); instead each example runs its own causal SDPA (flash kernel, GQA in-kernel, no
-mask), so no token attends across examples and no padding is computed. On CUDA with
-``flash_attn`` installed its varlen kernel does the same in one call.
+kernel on CPU); instead each example is its own causal sequence, so no token attends across
+examples and no padding is computed. On a CPU, ``train.cpu_attention`` runs the whole row
+(faster than PyTorch's CPU flash kernel, whose backward pass is slow); on CUDA with
+``flash_attn`` installed its varlen kernel does the same in one call; otherwise each example
+runs its own causal SDPA (GQA in-kernel, no mask). Dropout falls back to SDPA.
 
 Calls without boundaries (generation, padded batches) fall back to transformers' own SDPA.
 """
@@ -16,6 +18,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from tunehouse.train.cpu_attention import packed_causal_attention
 
 NAME = "tunehouse_varlen"
 _registered = False
@@ -35,6 +39,9 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     if query.is_cuda and _flash_varlen() is not None:
         return _flash(query, key, value, cu, kwargs, drop, scaling), None
     bounds = cu.tolist()
+    if not query.is_cuda and drop == 0.0 and key.dtype == query.dtype:
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return packed_causal_attention(query[0], key[0], value[0], bounds, scale).unsqueeze(0), None
     gqa = key.shape[1] != query.shape[1]
     outs = [F.scaled_dot_product_attention(query[:, :, s:e], key[:, :, s:e], value[:, :, s:e],
                                            is_causal=True, dropout_p=drop, scale=scaling,
