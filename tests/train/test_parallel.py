@@ -112,5 +112,5 @@ def test_training_with_one_or_two_workers_gives_the_same_adapter(tiny_model_dir,
     (r1, w1), (r2, w2) = outs[1], outs[2]
     assert r1.trained_tokens == r2.trained_tokens
     assert r1.metrics["train_loss"] == pytest.approx(r2.metrics["train_loss"], rel=1e-4)
-    for name in w1:  # bf16 autocast and Adam's normalisation amplify summation-order noise a little
-        assert float((w1[name] - w2[name]).norm() / w1[name].norm()) < 1e-3, name
+    for name in w1:  # the same rows on either worker count, gradients summed in row order
+        assert torch.equal(w1[name], w2[name]), name

@@ -41,7 +41,6 @@ from tunehouse.train.dpo import (
 )
 from tunehouse.train.hparams import lr_at
 from tunehouse.train.loop import TOKEN_BUDGET, Trainer
-from tunehouse.train.parallel import release_memory
 
 EXTRA_KEYS = ("reward_accuracy", "reward_margin", "chosen_reward", "rejected_reward",
               "chosen_logps", "rejected_logps", "preference_accuracy")
@@ -116,7 +115,7 @@ class DpoTrainer(Trainer):
         torch.nn.utils.clip_grad_norm_(self._trainable, self.cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        release_memory()
+        self.release_memory()
         st.step += 1
         st.trained_tokens += tokens
         dt = time.perf_counter() - t0

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-CHUNK = 1024  # trained tokens per chunk: bounds the transient fp32 logits (4 B x vocab each)
+CHUNK = 256  # trained tokens per chunk: bounds the transient fp32 logits (4 B x vocab each)
 
 
 class _HeadCrossEntropy(torch.autograd.Function):

@@ -38,11 +38,12 @@ from tunehouse.train.model import (
     wrap_for_training,
 )
 from tunehouse.train.outputs import MetricsLog
-from tunehouse.train.parallel import StepWorkers, release_memory, worker_count
+from tunehouse.train.parallel import MemoryReleaser, StepWorkers, keep_heap_blocks, worker_count
 from tunehouse.train.state import RunState, finish_run, restore, save_checkpoint
 
 TOKEN_BUDGET = 2048  # tokens per packed micro-batch on CUDA: bounds activation memory
-CPU_TOKEN_BUDGET = 1024  # tokens in flight on CPU (all workers' rows together)
+CPU_ROW_TOKENS = 512  # tokens per packed row on CPU, whatever the number of workers
+TAIL_ROWS = 2  # on CPU a step's last rows are split into one example each (see ``_rows``)
 
 
 @dataclass
@@ -82,6 +83,9 @@ class Trainer:
         self.autocast = lambda: autocast_context(cfg.precision, self.device)
         self.workers = StepWorkers(worker_count(self.device, cfg.full, self.hp.batch_size))
         self._valid_cursor = 0
+        self.release_memory = MemoryReleaser()
+        if self.device == "cpu":
+            keep_heap_blocks()
 
     # ----- set-up -------------------------------------------------------------------------
     def _load_data(self) -> None:
@@ -200,7 +204,7 @@ class Trainer:
         torch.nn.utils.clip_grad_norm_(self._trainable, self.cfg.max_grad_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        release_memory()
+        self.release_memory()
         st.step += 1
         st.trained_tokens += tokens
         dt = time.perf_counter() - t0
@@ -220,16 +224,22 @@ class Trainer:
         """Examples ``idx`` packed into rows under the token budget, most work first."""
         lengths = [examples[i].length for i in idx]  # this step's only, not the whole set's
         rows = pack_groups(range(len(idx)), lengths, self.token_budget)
-        rows.sort(key=lambda r: -sum(lengths[j] * (1 + lengths[j] / 2048) for j in r))
+
+        def cost(row: list[int]) -> float:
+            return sum(lengths[j] * (1 + lengths[j] / 2048) for j in row)
+
+        rows.sort(key=cost, reverse=True)
+        if not self.device.startswith("cuda"):  # small rows last: CPU workers finish together
+            tail = sorted(([j] for r in rows[-TAIL_ROWS:] for j in r), key=cost, reverse=True)
+            rows = rows[:-TAIL_ROWS] + tail
         return [pack([(examples[idx[j]].input_ids, examples[idx[j]].labels) for j in row])
                 for row in rows]
 
     @property
     def token_budget(self) -> int:
-        """Tokens per packed row: the budget shared by the workers (at least 256 each)."""
-        if self.device.startswith("cuda"):
-            return TOKEN_BUDGET
-        return max(256, CPU_TOKEN_BUDGET // self.workers.n)
+        """Tokens per packed row. On CPU the same for any number of workers, so that one or
+        several workers compute the same rows and, summed in row order, the same gradients."""
+        return TOKEN_BUDGET if self.device.startswith("cuda") else CPU_ROW_TOKENS
 
     # ----- validation -----------------------------------------------------------------------
     def _loss_over(self, idx: list[int]) -> tuple[float, float]:
