@@ -44,8 +44,9 @@ class _PackedCausalAttention(torch.autograd.Function):
             keep = any(ctx.needs_input_grad[:3]) and e - s <= KEEP_MAX
             o, lse_e, kept = _forward(_rows(q[:, s:e], groups), k[:, s:e], v[:, s:e], scale, keep)
             ctx.kept.append(kept)
+            if lse_e is not None:
+                lse[:, s * (heads // groups):e * (heads // groups)] = lse_e
             out[s:e].view(e - s, groups, -1).copy_(o.view(groups, e - s, -1).transpose(0, 1))
-            lse[:, s * (heads // groups):e * (heads // groups)] = lse_e
         ctx.save_for_backward(q, k, v, out, lse)
         ctx.bounds, ctx.scale = bounds, scale
         return out
@@ -101,14 +102,16 @@ def _blocks(n: int) -> list[tuple[int, int]]:
 
 
 def _forward(qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, keep: bool
-             ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor] | None]:
-    """One example: rows (groups, n * per, dim) -> output rows, their log-sum-exp (fp32) and,
-    if ``keep``, every block's probabilities in the compute dtype for the backward pass."""
+             ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
+    """One example: rows (groups, n * per, dim) -> output rows and either (``keep``) every
+    block's probabilities in the compute dtype, or the rows' log-sum-exp (fp32) to recompute
+    them from in the backward pass."""
+    if keep:
+        return _forward_keep(qr, k, v, scale)
     groups, n, _ = k.shape
     per = qr.shape[1] // n
     out = torch.empty_like(qr)
     lse = torch.empty(groups, qr.shape[1], 1, dtype=torch.float32)
-    kept: list[torch.Tensor] = []
     for s, e in _blocks(n):
         rows = slice(s * per, e * per)
         scores = torch.bmm(qr[:, rows], k[:, :e].transpose(1, 2)).float().mul_(scale)
@@ -117,12 +120,25 @@ def _forward(qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, k
         probs = scores.sub_(top).exp_()
         total = probs.sum(-1, keepdim=True)
         lse[:, rows] = top.add_(total.log())
-        if keep:
-            kept.append(probs.div_(total).to(qr.dtype))
-            torch.bmm(kept[-1], v[:, :e], out=out[:, rows])
-        else:
-            out[:, rows] = torch.bmm(probs.to(qr.dtype), v[:, :e]).float().div_(total)
-    return out, lse, kept if keep else None
+        out[:, rows] = torch.bmm(probs.to(qr.dtype), v[:, :e]).float().div_(total)
+    return out, lse, None
+
+
+def _forward_keep(qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
+                  ) -> tuple[torch.Tensor, None, list[torch.Tensor]]:
+    """``_forward`` keeping probabilities: one fused softmax (fp32 inside) per block."""
+    groups, n, _ = k.shape
+    per = qr.shape[1] // n
+    out = torch.empty_like(qr)
+    scaled = qr * scale  # scaling the scores instead would be one more pass over each block
+    kept: list[torch.Tensor] = []
+    for s, e in _blocks(n):
+        rows = slice(s * per, e * per)
+        scores = torch.bmm(scaled[:, rows], k[:, :e].transpose(1, 2))
+        scores[:, :, s:e].masked_fill_(_future(e - s, per), float("-inf"))
+        kept.append(torch.softmax(scores, -1, dtype=torch.float32).to(qr.dtype))
+        torch.bmm(kept[-1], v[:, :e], out=out[:, rows])
+    return out, None, kept
 
 
 def _backward(qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dor: torch.Tensor,
@@ -141,12 +157,13 @@ def _backward(qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dor: torch.Ten
         if kept is None:
             probs = torch.bmm(qb, ke.transpose(1, 2)).float().mul_(scale).sub_(lse[:, rows]).exp_()
             probs[:, :, s:e].masked_fill_(_future(e - s, per), 0.0)
-            low = probs.to(qr.dtype)
-        else:
-            probs = low = kept[b]
-        dv[:, :e] += torch.bmm(low.transpose(1, 2), dob)
-        dscores = torch.bmm(dob, ve.transpose(1, 2)).float().sub_(delta[:, rows]).mul_(probs)
-        dscores = dscores.to(qr.dtype)
+            dv[:, :e] += torch.bmm(probs.to(qr.dtype).transpose(1, 2), dob)
+            dscores = torch.bmm(dob, ve.transpose(1, 2)).float().sub_(delta[:, rows]).mul_(probs)
+            dscores = dscores.to(qr.dtype)
+        else:  # softmax backward, fused: P * (dP - rowsum(dP * P)), the row sum being delta
+            dv[:, :e] += torch.bmm(kept[b].transpose(1, 2), dob)
+            dprobs = torch.bmm(dob, ve.transpose(1, 2))
+            dscores = torch._softmax_backward_data(dprobs, kept[b], -1, qr.dtype)
         dq[:, rows] = torch.bmm(dscores, ke)
         dk[:, :e] += torch.bmm(dscores.transpose(1, 2), qb)
     return dq.mul_(scale), dk.mul_(scale).to(k.dtype), dv.to(v.dtype)
