@@ -1,23 +1,24 @@
 """Causal attention over a packed row on the CPU, forward and backward by blocks of queries.
 
 PyTorch's CPU flash-attention kernel spends most of its time in its backward pass (about a
-fifth of a LoRA training step on SmolLM2). Here both passes are written as a few batched
-matmuls per block of 64 query positions, the operands in the compute dtype (bf16 under
-autocast, accumulated in fp32 by the matmul) and the softmax in fp32:
+fifth of a LoRA training step on SmolLM2). Here both passes are a few batched matmuls per
+block of 64 query positions, the operands in the compute dtype (bf16 under autocast; the
+matmuls accumulate in fp32), each block's softmax and its backward one fused kernel that
+computes in fp32:
 
 * The query heads that share one key/value head (grouped-query attention) are stacked as rows
   of one matrix, so one matmul serves the whole group and nothing expands keys or values.
 * A block of queries only meets the keys up to its own end (causal): about half of the score
-  matrix is never computed, and only a block's scores exist at a time (``64 x heads x length``
-  fp32), never the whole ``length x length`` matrix.
-* The forward pass keeps the output and the log-sum-exp of every row; the backward pass
-  recomputes each block's probabilities from them (as FlashAttention does) instead of storing
-  them.
+  matrix is never computed, and only one block's scores exist at a time
+  (``64 x heads x length``), never the whole ``length x length`` matrix.
+* Examples up to ``KEEP_MAX`` tokens keep their blocks' probabilities (in the compute dtype)
+  for the backward pass; longer ones recompute them there, as FlashAttention does, so the
+  memory kept stays linear in the row's length beyond that.
 
 Each example of the row is its own causal sequence (``bounds``), so no token attends across
-examples. Measured against the flash kernel (one thread, 9 query and 3 key/value heads of
-size 64, bf16), forward + backward: 4.3 against 11.6 ms at 128 tokens, 15.6 against 18.5 at
-400, 18.9 against 29.0 at 512; gradients as close to an fp64 reference as the kernel's.
+examples. Measured against PyTorch's flash kernel (one thread, 9 query and 3 key/value heads
+of size 64, bf16, forward + backward; ``benchmarks/README.md``), with gradients as close to an
+fp64 reference as the kernel's (``tests/train/test_cpu_attention.py``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from typing import Any
 
 import torch
 
-BLOCK = 64  # query positions per block: a block's fp32 scores stay within the L2 cache
-KEEP_MAX = 512  # examples up to this length keep their probabilities (bf16) for the backward
+BLOCK = 64  # query positions per block: a block's scores stay within the L2 cache
+KEEP_MAX = 512  # examples up to this length keep their probabilities for the backward pass
 
 
 class _PackedCausalAttention(torch.autograd.Function):
@@ -35,39 +36,33 @@ class _PackedCausalAttention(torch.autograd.Function):
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
                 scale: float) -> torch.Tensor:
         """``q`` (heads, tokens, dim), ``k``/``v`` (kv_heads, tokens, dim) -> (tokens, heads, dim)."""
-        heads, tokens, dim = q.shape
-        groups = k.shape[0]
+        tokens, heads, dim, groups = q.shape[1], q.shape[0], q.shape[2], k.shape[0]
         out = q.new_empty(tokens, heads, dim)
-        lse = q.new_empty(groups, tokens * (heads // groups), 1, dtype=torch.float32)
         ctx.kept = []
         for s, e in zip(bounds[:-1], bounds[1:]):
             keep = any(ctx.needs_input_grad[:3]) and e - s <= KEEP_MAX
-            o, lse_e, kept = _forward(_rows(q[:, s:e], groups), k[:, s:e], v[:, s:e], scale, keep)
+            o, kept = _forward(_rows(q[:, s:e], groups) * scale, k[:, s:e], v[:, s:e], keep)
             ctx.kept.append(kept)
-            if lse_e is not None:
-                lse[:, s * (heads // groups):e * (heads // groups)] = lse_e
             out[s:e].view(e - s, groups, -1).copy_(o.view(groups, e - s, -1).transpose(0, 1))
-        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.save_for_backward(q, k, v)
         ctx.bounds, ctx.scale = bounds, scale
         return out
 
     @staticmethod
     def backward(ctx: Any, dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                            None, None]:
-        q, k, v, out, lse = ctx.saved_tensors
-        heads, tokens, dim = q.shape
+        q, k, v = ctx.saved_tensors
+        heads, _, dim = q.shape
         groups = k.shape[0]
         per = heads // groups
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dout = dout.to(q.dtype).contiguous()
-        # D_i = sum_d dO_id * O_id: the softmax backward's row term, for all rows at once
-        delta = (dout.float() * out.float()).sum(-1)  # (tokens, heads)
         for i, (s, e) in enumerate(zip(ctx.bounds[:-1], ctx.bounds[1:])):
             n = e - s
-            grads = _backward(_rows(q[:, s:e], groups), k[:, s:e], v[:, s:e],
-                              _token_rows(dout[s:e], groups), _token_rows(delta[s:e, :, None], groups),
-                              lse[:, s * per:e * per], ctx.scale, ctx.kept[i])
-            dq[:, s:e] = grads[0].view(groups, n, per, dim).transpose(1, 2).reshape(heads, n, dim)
+            grads = _backward(_rows(q[:, s:e], groups) * ctx.scale, k[:, s:e], v[:, s:e],
+                              _token_rows(dout[s:e], groups), ctx.kept[i])
+            dq[:, s:e] = grads[0].mul_(ctx.scale).view(groups, n, per, dim).transpose(1, 2) \
+                .reshape(heads, n, dim)
             dk[:, s:e], dv[:, s:e] = grads[1], grads[2]
         ctx.kept = []
         return dq, dk, dv, None, None
@@ -101,72 +96,49 @@ def _blocks(n: int) -> list[tuple[int, int]]:
     return [(s, min(n, s + BLOCK)) for s in range(0, n, BLOCK)]
 
 
-def _forward(qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, keep: bool
-             ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor] | None]:
-    """One example: rows (groups, n * per, dim) -> output rows and either (``keep``) every
-    block's probabilities in the compute dtype, or the rows' log-sum-exp (fp32) to recompute
-    them from in the backward pass."""
-    if keep:
-        return _forward_keep(qr, k, v, scale)
-    groups, n, _ = k.shape
-    per = qr.shape[1] // n
-    out = torch.empty_like(qr)
-    lse = torch.empty(groups, qr.shape[1], 1, dtype=torch.float32)
-    for s, e in _blocks(n):
-        rows = slice(s * per, e * per)
-        scores = torch.bmm(qr[:, rows], k[:, :e].transpose(1, 2)).float().mul_(scale)
-        scores[:, :, s:e].masked_fill_(_future(e - s, per), float("-inf"))
-        top = scores.amax(-1, keepdim=True)
-        probs = scores.sub_(top).exp_()
-        total = probs.sum(-1, keepdim=True)
-        lse[:, rows] = top.add_(total.log())
-        out[:, rows] = torch.bmm(probs.to(qr.dtype), v[:, :e]).float().div_(total)
-    return out, lse, None
+def _probs(scaled: torch.Tensor, k: torch.Tensor, s: int, e: int) -> torch.Tensor:
+    """Attention probabilities of query positions ``s:e`` over keys ``:e``, compute dtype."""
+    per = scaled.shape[1] // k.shape[1]
+    scores = torch.bmm(scaled[:, s * per:e * per], k[:, :e].transpose(1, 2))
+    scores[:, :, s:e].masked_fill_(_future(e - s, per), float("-inf"))
+    return torch.softmax(scores, -1, dtype=torch.float32).to(scaled.dtype)
 
 
-def _forward_keep(qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float
-                  ) -> tuple[torch.Tensor, None, list[torch.Tensor]]:
-    """``_forward`` keeping probabilities: one fused softmax (fp32 inside) per block."""
-    groups, n, _ = k.shape
-    per = qr.shape[1] // n
-    out = torch.empty_like(qr)
-    scaled = qr * scale  # scaling the scores instead would be one more pass over each block
+def _forward(scaled: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: bool
+             ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """One example's scaled query rows (groups, n * per, dim) -> output rows, and the blocks'
+    probabilities if ``keep``."""
+    n, per = k.shape[1], scaled.shape[1] // k.shape[1]
+    out = torch.empty_like(scaled)
     kept: list[torch.Tensor] = []
     for s, e in _blocks(n):
-        rows = slice(s * per, e * per)
-        scores = torch.bmm(scaled[:, rows], k[:, :e].transpose(1, 2))
-        scores[:, :, s:e].masked_fill_(_future(e - s, per), float("-inf"))
-        kept.append(torch.softmax(scores, -1, dtype=torch.float32).to(qr.dtype))
-        torch.bmm(kept[-1], v[:, :e], out=out[:, rows])
-    return out, None, kept
+        probs = _probs(scaled, k, s, e)
+        torch.bmm(probs, v[:, :e], out=out[:, s * per:e * per])
+        if keep:
+            kept.append(probs)
+    return out, kept if keep else None
 
 
-def _backward(qr: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dor: torch.Tensor,
-              delta: torch.Tensor, lse: torch.Tensor, scale: float,
+def _backward(scaled: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dor: torch.Tensor,
               kept: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One example's gradients: dq in rows, dk and dv as (groups, n, dim). Each block's
-    probabilities come from ``kept`` or are recomputed from the log-sum-exp."""
+    """One example's gradients: dq in rows (still to be multiplied by the scale), dk and dv as
+    (groups, n, dim)."""
     groups, n, dim = k.shape
-    per = qr.shape[1] // n
-    dq = torch.empty_like(qr)
+    per = scaled.shape[1] // n
+    dq = torch.empty_like(scaled)
     dk = torch.zeros(groups, n, dim, dtype=torch.float32)
     dv = torch.zeros(groups, n, dim, dtype=torch.float32)
     for b, (s, e) in enumerate(_blocks(n)):
         rows = slice(s * per, e * per)
-        qb, dob, ke, ve = qr[:, rows], dor[:, rows], k[:, :e], v[:, :e]
-        if kept is None:
-            probs = torch.bmm(qb, ke.transpose(1, 2)).float().mul_(scale).sub_(lse[:, rows]).exp_()
-            probs[:, :, s:e].masked_fill_(_future(e - s, per), 0.0)
-            dv[:, :e] += torch.bmm(probs.to(qr.dtype).transpose(1, 2), dob)
-            dscores = torch.bmm(dob, ve.transpose(1, 2)).float().sub_(delta[:, rows]).mul_(probs)
-            dscores = dscores.to(qr.dtype)
-        else:  # softmax backward, fused: P * (dP - rowsum(dP * P)), the row sum being delta
-            dv[:, :e] += torch.bmm(kept[b].transpose(1, 2), dob)
-            dprobs = torch.bmm(dob, ve.transpose(1, 2))
-            dscores = torch._softmax_backward_data(dprobs, kept[b], -1, qr.dtype)
-        dq[:, rows] = torch.bmm(dscores, ke)
-        dk[:, :e] += torch.bmm(dscores.transpose(1, 2), qb)
-    return dq.mul_(scale), dk.mul_(scale).to(k.dtype), dv.to(v.dtype)
+        probs = kept[b] if kept is not None else _probs(scaled, k, s, e)
+        dob = dor[:, rows]
+        dv[:, :e] += torch.bmm(probs.transpose(1, 2), dob)
+        # the softmax backward, fused: P * (dP - rowsum(dP * P)), fp32 inside
+        dscores = torch._softmax_backward_data(torch.bmm(dob, v[:, :e].transpose(1, 2)), probs, -1,
+                                               scaled.dtype)
+        dq[:, rows] = torch.bmm(dscores, k[:, :e])
+        dk[:, :e] += torch.bmm(dscores.transpose(1, 2), scaled[:, rows])
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
 
 
 def packed_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
