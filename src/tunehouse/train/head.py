@@ -32,17 +32,17 @@ class _HeadCrossEntropy(torch.autograd.Function):
         for s in range(0, h.shape[0], CHUNK):
             hs, ys = h[s:s + CHUNK], targets[s:s + CHUNK]
             raw = hs @ weight.T  # the compute dtype (bf16 under autocast), as autograd's would be
-            logits, compute_dtype = raw.float(), raw.dtype
+            compute_dtype = raw.dtype
+            logp = torch.log_softmax(raw, dim=-1, dtype=torch.float32)  # one fused kernel
             del raw
-            lse = torch.logsumexp(logits, dim=-1)
-            total += (lse - logits.gather(1, ys[:, None]).squeeze(1)).sum()
-            correct += (logits.argmax(-1) == ys).sum()
+            total -= logp.gather(1, ys[:, None]).sum()
+            correct += (logp.argmax(-1) == ys).sum()
             if grad_h is None and grad_w is None:
                 continue
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            probs = logp.exp_()  # softmax, in place of the log-probabilities
             probs[torch.arange(ys.shape[0], device=ys.device), ys] -= 1.0
             g = probs.to(compute_dtype)
-            del logits, probs
+            del logp, probs
             if grad_h is not None:
                 grad_h[s:s + CHUNK] = g @ weight
             if grad_w is not None:
