@@ -37,14 +37,17 @@ def _run(q, k, v, dout, bounds, scale, dtype):
     return out, grads
 
 
-def _max_errors(q, k, v, dout, bounds, scale, dtype):
-    q, k, v = (x.requires_grad_() for x in (q, k, v))
+def _reference_and_grads(q, k, v, dout, bounds, scale):
+    """The float64 reference output and its gradients with respect to q, k and v."""
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
     ref = _reference(q, k, v, bounds, scale)
-    ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
-    out, grads = _run(q, k, v, dout, bounds, scale, dtype)
-    errs = [(out.double() - ref).abs().max()] + [(a.double() - b).abs().max()
-                                                  for a, b in zip(grads, ref_grads)]
-    return [float(e.detach()) for e in errs]
+    return ref.detach(), torch.autograd.grad(ref, (q, k, v), dout)
+
+
+def _errors(out, grads, ref, ref_grads):
+    """Largest absolute error of the output and of each gradient against the reference."""
+    return [float((a.detach().double() - b).abs().max())
+            for a, b in zip((out, *grads), (ref, *ref_grads))]
 
 
 # several examples, one shorter than a block, lengths across block edges, one past KEEP_MAX
@@ -52,16 +55,18 @@ BOUNDS = [0, 1, 7, 71, 200, 264, 264 + 600]
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4), (3, 1)])
-def test_fp32_matches_reference_exactly(heads, kv_heads):
+def test_fp32_matches_reference(heads, kv_heads):
     q, k, v, dout = _inputs(BOUNDS, heads, kv_heads)
-    errs = _max_errors(q, k, v, dout, BOUNDS, 0.25, torch.float32)
+    errs = _errors(*_run(q, k, v, dout, BOUNDS, 0.25, torch.float32),
+                   *_reference_and_grads(q, k, v, dout, BOUNDS, 0.25))
     assert max(errs) < 1e-4, errs
 
 
 def test_bf16_is_as_close_as_the_flash_kernel():
     bounds = [0, 300, 700]
     q, k, v, dout = _inputs(bounds, 9, 3, 64)
-    errs = _max_errors(q, k, v, dout, bounds, 0.125, torch.bfloat16)
+    reference = _reference_and_grads(q, k, v, dout, bounds, 0.125)
+    errs = _errors(*_run(q, k, v, dout, bounds, 0.125, torch.bfloat16), *reference)
     # PyTorch's flash kernel on the same bf16 inputs, per example
     qq, kk, vv = (x.detach().bfloat16()[None].requires_grad_() for x in (q, k, v))
     flash = [F.scaled_dot_product_attention(qq[:, :, s:e], kk[:, :, s:e], vv[:, :, s:e],
@@ -69,10 +74,7 @@ def test_bf16_is_as_close_as_the_flash_kernel():
              for s, e in zip(bounds[:-1], bounds[1:])]
     fout = torch.cat(flash, 2)[0].transpose(0, 1)
     fgrads = torch.autograd.grad(fout, (qq, kk, vv), dout.bfloat16())
-    ref = _reference(q, k, v, bounds, 0.125)
-    ref_grads = torch.autograd.grad(ref, (q, k, v), dout)
-    ferrs = [float((fout.double() - ref).abs().max())] + [
-        float((a[0].double() - b).abs().max()) for a, b in zip(fgrads, ref_grads)]
+    ferrs = _errors(fout, [g[0] for g in fgrads], *reference)
     for ours, theirs in zip(errs, ferrs):
         assert ours < 2 * theirs + 0.01, (errs, ferrs)
 

@@ -39,7 +39,7 @@ def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
     if query.is_cuda and _flash_varlen() is not None:
         return _flash(query, key, value, cu, kwargs, drop, scaling), None
     bounds = cu.tolist()
-    if not query.is_cuda and drop == 0.0 and key.dtype == query.dtype:
+    if not query.is_cuda and drop == 0.0:
         scale = scaling if scaling is not None else query.shape[-1] ** -0.5
         return packed_causal_attention(query[0], key[0], value[0], bounds, scale).unsqueeze(0), None
     gqa = key.shape[1] != query.shape[1]

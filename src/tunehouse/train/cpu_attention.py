@@ -36,7 +36,8 @@ class _PackedCausalAttention(torch.autograd.Function):
     def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bounds: list[int],
                 scale: float) -> torch.Tensor:
         """``q`` (heads, tokens, dim), ``k``/``v`` (kv_heads, tokens, dim) -> (tokens, heads, dim)."""
-        tokens, heads, dim, groups = q.shape[1], q.shape[0], q.shape[2], k.shape[0]
+        heads, tokens, dim = q.shape
+        groups = k.shape[0]
         out = q.new_empty(tokens, heads, dim)
         ctx.kept = []
         for s, e in zip(bounds[:-1], bounds[1:]):
@@ -60,7 +61,7 @@ class _PackedCausalAttention(torch.autograd.Function):
         for i, (s, e) in enumerate(zip(ctx.bounds[:-1], ctx.bounds[1:])):
             n = e - s
             grads = _backward(_rows(q[:, s:e], groups) * ctx.scale, k[:, s:e], v[:, s:e],
-                              _token_rows(dout[s:e], groups), ctx.kept[i])
+                              _rows(dout[s:e].transpose(0, 1), groups), ctx.kept[i])
             dq[:, s:e] = grads[0].mul_(ctx.scale).view(groups, n, per, dim).transpose(1, 2) \
                 .reshape(heads, n, dim)
             dk[:, s:e], dv[:, s:e] = grads[1], grads[2]
@@ -72,12 +73,6 @@ def _rows(x: torch.Tensor, groups: int) -> torch.Tensor:
     """(heads, n, dim) -> (groups, n * heads_per_group, dim), row ``pos * per + head``."""
     heads, n, dim = x.shape
     return x.view(groups, heads // groups, n, dim).transpose(1, 2).reshape(groups, -1, dim)
-
-
-def _token_rows(x: torch.Tensor, groups: int) -> torch.Tensor:
-    """(n, heads, dim) -> (groups, n * heads_per_group, dim), the same row order as ``_rows``."""
-    n, heads, dim = x.shape
-    return x.view(n, groups, heads // groups, dim).transpose(0, 1).reshape(groups, -1, dim)
 
 
 _MASKS: dict[tuple[int, int], torch.Tensor] = {}
