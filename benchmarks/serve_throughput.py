@@ -205,7 +205,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--requests", type=int, default=None, help="requests per configuration "
                    "(default 16; the 16 prompts repeat if more)")
     p.add_argument("--max-tokens", type=int, default=None, help="max_tokens per request (default 128)")
-    p.add_argument("--quick", action="store_true", help="smoke run: 8 requests, 16 tokens, fp32 only")
+    p.add_argument("--quick", action="store_true", help="smoke run: 8 requests, 16 tokens, baseline "
+                   "in the server's dtype only")
     p.add_argument("--dtypes", default=None, help="baseline dtypes (default fp32,bf16)")
     p.add_argument("--no-baseline", action="store_true", help="serve only")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the server and the "
@@ -218,7 +219,7 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     args.requests = args.requests or (8 if args.quick else 16)
     args.max_tokens = args.max_tokens or (16 if args.quick else 128)
-    args.dtypes = args.dtypes or ("fp32" if args.quick else "fp32,bf16")
+    args.dtypes = args.dtypes or (server_dtype() if args.quick else "fp32,bf16")
     if args.requests < CLIENTS:
         p.error(f"--requests must be at least {CLIENTS} (one per concurrent client)")
     if not 1 <= args.max_tokens <= 4096:
@@ -226,6 +227,15 @@ def parse_args() -> argparse.Namespace:
     if any(d not in ("fp32", "bf16") for d in args.dtypes.split(",")):
         p.error(f"--dtypes takes fp32 and/or bf16, comma-separated; got {args.dtypes!r}")
     return args
+
+
+def server_dtype() -> str:
+    """What ``tunehouse serve`` computes in on this machine (its ``dtype="auto"`` on CPU)."""
+    import torch
+
+    from tunehouse.serve.adapters import resolve_dtype
+
+    return "bf16" if resolve_dtype("auto", "cpu") == torch.bfloat16 else "fp32"
 
 
 def run_baseline(adapter: str, prompts_file: Path, args: argparse.Namespace, work: Path) -> dict:
@@ -256,7 +266,7 @@ def main() -> None:
     prompts_file.write_text(json.dumps(prompts))
     res: dict[str, Any] = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine(),
                            "model": BASE_MODEL, "requests": args.requests, "max_tokens": args.max_tokens,
-                           "server_dtype": "fp32", "clients": CLIENTS, "workdir": str(work), "runs": {},
+                           "server_dtype": server_dtype(), "clients": CLIENTS, "workdir": str(work), "runs": {},
                            "threads": args.threads or "torch default (one per core)"}
     print(f"Serving throughput: {args.requests} requests, max_tokens {args.max_tokens}; work {work}",
           flush=True)

@@ -58,7 +58,8 @@ def dirs(tiny_model_dir: Path, tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def engine(dirs):
     threads = torch.get_num_threads()
-    eng = Engine(str(dirs["base"]), threads=1)  # tiny matmuls: one thread is fastest
+    # float32: answers are compared with float32 merged models token for token
+    eng = Engine(str(dirs["base"]), dtype="float32", threads=1)  # tiny matmuls: one thread
     eng.register("ft:tiny:a", str(dirs["a"]))
     eng.register("ft:tiny:b", str(dirs["b"]))
     yield eng
@@ -225,7 +226,7 @@ def test_lru_evicts_adapters_and_full_models_are_served(dirs, references, tmp_pa
     full = models.load_model(models.resolve(str(dirs["a"])), merge_adapter=True)
     full.save_pretrained(tmp_path / "full")
     models.load_tokenizer(models.resolve(str(dirs["a"]))).save_pretrained(tmp_path / "full")
-    with Engine(str(dirs["base"]), max_adapters=1, threads=1) as eng:
+    with Engine(str(dirs["base"]), dtype="float32", max_adapters=1, threads=1) as eng:
         eng.register("a", str(dirs["a"]))
         eng.register("b", str(dirs["b"]))
         eng.register("full-a", str(tmp_path / "full"))
@@ -238,7 +239,7 @@ def test_lru_evicts_adapters_and_full_models_are_served(dirs, references, tmp_pa
 
 
 def test_engine_on_an_adapter_dir_loads_its_base(dirs, references):
-    with Engine(str(dirs["b"]), threads=1) as eng:
+    with Engine(str(dirs["b"]), dtype="float32", threads=1) as eng:
         assert eng.base_model_id == str(dirs["base"])
         text = eng.chat(str(dirs["b"]), PROMPTS[0], temperature=0, max_tokens=MAX)
         assert text.choices[0].text == references[("ft:tiny:b", 0)]

@@ -185,3 +185,18 @@ def context_length(model_or_config: Any, default: int = 2048) -> int:
     """The model's trained context length (``max_position_embeddings``)."""
     cfg = getattr(model_or_config, "config", model_or_config)
     return int(getattr(cfg, "max_position_embeddings", None) or default)
+
+
+def bf16_is_fast(device: str) -> bool:
+    """CUDA with bf16 support, or a CPU advertising AMX-BF16 / AVX512-BF16 instructions
+    (Linux ``/proc/cpuinfo``; elsewhere False: emulated bf16 is slower than float32)."""
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags

@@ -26,6 +26,7 @@ import torch
 from tunehouse import models
 from tunehouse.errors import InvalidRequest, ModelNotFound, TunehouseError
 from tunehouse.models import ModelSource
+from tunehouse.serve.attention import use_decode_attention
 from tunehouse.serve.router import BASE_ADAPTER, AdapterRouter
 
 BASE_LANE = "base"
@@ -67,7 +68,9 @@ def plain_forward(model: Any, adapters: list[str], **kwargs: Any) -> Any:
 
 
 def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
-    """``"auto"`` is float32 on CPU (measured faster than bf16 without AMX) and bf16 on GPU."""
+    """``"auto"``: bf16 on GPUs that support it (else fp16), and on CPUs with native bf16
+    instructions (AVX512-BF16 or AMX: ``models.bf16_is_fast``); float32 on other CPUs, where
+    bf16 is emulated and slower."""
     if isinstance(dtype, torch.dtype):
         return dtype
     names = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -75,7 +78,7 @@ def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
     if dtype == "auto":
         if device.startswith("cuda") and torch.cuda.is_available():
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
+        return torch.bfloat16 if models.bf16_is_fast("cpu") else torch.float32
     if dtype not in names:
         raise InvalidRequest(f"Unknown dtype '{dtype}'; use auto, {', '.join(names)}.",
                              param="dtype")
@@ -105,8 +108,8 @@ class ModelStore:
         self.base_source = base
         self.base_real = os.path.realpath(base.path)
         try:
-            self.base_model: Any = models.load_model(base, dtype=self.dtype,
-                                                     device=device).eval()
+            self.base_model: Any = use_decode_attention(
+                models.load_model(base, dtype=self.dtype, device=device).eval())
         except TunehouseError:
             raise
         except Exception as err:  # unreadable weights, unreachable hub id, ...
@@ -242,8 +245,8 @@ class ModelStore:
         if victim is not None:  # free memory first: full models are big
             del self._full[victim]
         try:
-            model = models.load_model(target.source, dtype=self.dtype, device=self.device,
-                                      merge_adapter=True).eval()
+            model = use_decode_attention(models.load_model(
+                target.source, dtype=self.dtype, device=self.device, merge_adapter=True).eval())
         except Exception as err:
             raise ModelNotFound(f"The model '{target.model_id}' could not be loaded from "
                                 f"{target.source.path}: {type(err).__name__}: "

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DynamicCache
 
+from tunehouse.serve.attention import new_cache
+
 Forward = Callable[..., Any]  # (model, adapters, **model_kwargs) -> model output
 
 
@@ -33,7 +35,7 @@ def prefill(forward: Forward, model: Any, prompts: Sequence[Sequence[int]], adap
         ids[i, length - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[i, length - len(p):] = 1
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache()
+    cache = new_cache()
     out = forward(model, list(adapters), input_ids=ids.to(device), attention_mask=mask.to(device),
                         position_ids=positions.to(device), past_key_values=cache,
                         use_cache=True, logits_to_keep=1)

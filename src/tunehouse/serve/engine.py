@@ -12,12 +12,12 @@ LRU cache (``adapters.py``). Prompts are rendered with the tokenizer saved next 
 adapter, i.e. the chat template used in training.
 
 Speed notes, measured on the 2-core AMD EPYC build machine (AVX-512 BF16, no AMX) with the
-embedded SmolLM2-135M, greedy, 64 new tokens. A bare decode loop ran float32 at ~14 tok/s
-(batch 1) and ~78 tok/s (batch 8) but bfloat16 at only ~2.6 and ~20, so ``dtype="auto"`` is
-float32 on CPU and bfloat16 on GPUs. A later measurement with torch 2.13 (``benchmarks/
-serve_throughput.py``: ``generate`` on a merged model) found bf16 faster there (15.8 and 82.8
-tok/s against fp32's 12.1 and 45.3); the default has not been switched yet because the
-server's bf16 path is not yet tested against its fp32 answers. Everything runs under
+embedded SmolLM2-135M, greedy. With torch 2.13 bf16 is faster than float32 there (a bare
+decode step of 8 rows: ~47 ms against ~75 ms; ``generate`` on a merged model, batch 8: 126
+against 88 tok/s), so ``dtype="auto"`` is bfloat16 on CPUs with native bf16 instructions and
+on GPUs, float32 on other CPUs (an earlier measurement here had bf16 4-5x slower). Decode steps
+on CPU use the engine's own attention and a KV cache that grows in place
+(``serve/attention.py``; the cache is float32 on CPU). Everything runs under
 ``torch.inference_mode()``; engine overhead (scheduling, sampling, detokenising) is a few
 percent of a step. Torch uses one thread per core by default; while other processes kept the
 cores busy (load 4-9), two threads waited on each other and the engine fell to 1-4 tok/s,
@@ -99,7 +99,8 @@ class Engine:
             default). An adapter/output directory loads its base and is registered under the
             given name.
         device: torch device for the models ("cpu", "cuda", ...).
-        dtype: "auto" (float32 on CPU, bfloat16 on GPU), a name like "bfloat16", or a dtype.
+        dtype: "auto" (bfloat16 on GPUs and on CPUs with native bf16, else float32), a name
+            like "bfloat16", or a dtype.
         max_adapters: LoRA adapters kept loaded at once (least recently used is evicted).
         max_batch_size: rows (choices) decoded together per model.
         default_max_tokens: cap applied when a request gives no ``max_tokens`` (None: the

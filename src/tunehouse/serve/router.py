@@ -62,13 +62,14 @@ def is_plain(layer: Any) -> bool:
 
 
 def build_stack(layer: Any, adapters: tuple[str, ...]) -> Stack:
-    """``layer``'s weights of ``adapters`` (those it has), side by side."""
+    """``layer``'s weights of ``adapters`` (those it has), side by side; float32 on CPU."""
     names = [n for n in adapters if n in layer.lora_A]
     if not names:
         return Stack(None, None, ())
     weights_a = [layer.lora_A[n].weight for n in names]
-    a = torch.cat([w.t() for w in weights_a], dim=1).contiguous()
-    b = torch.cat([layer.lora_B[n].weight.t() * layer.scaling[n] for n in names],
+    dtype = weights_a[0].dtype if weights_a[0].is_cuda else torch.float32
+    a = torch.cat([w.t() for w in weights_a], dim=1).to(dtype).contiguous()
+    b = torch.cat([layer.lora_B[n].weight.t().to(dtype) * layer.scaling[n] for n in names],
                   dim=0).contiguous()
     return Stack(a, b, tuple((n, w.shape[0]) for n, w in zip(names, weights_a, strict=True)))
 
@@ -162,10 +163,14 @@ class AdapterRouter:
         low = x @ stack.a
         if not self._uniform:
             low.mul_(self._mask(stack, x))
-        if output.dtype == stack.b.dtype and output.is_contiguous():  # fresh from the base layer
-            output.view(-1, output.shape[-1]).addmm_(low.view(-1, low.shape[-1]), stack.b)
-            return None
-        return output + (low @ stack.b).to(output.dtype)
+        if not output.is_contiguous():
+            return output + (low @ stack.b).to(output.dtype)
+        flat, rows = output.view(-1, output.shape[-1]), low.view(-1, low.shape[-1])
+        if output.dtype == stack.b.dtype:  # fresh from the base layer: add in place
+            flat.addmm_(rows, stack.b)
+        else:  # a bf16 model on CPU: the update in float32, rounded once when added
+            flat.add_(rows @ stack.b)
+        return None
 
     def _mask(self, stack: Stack, x: torch.Tensor) -> torch.Tensor:
         """[rows, 1.., R]: 1 where the column belongs to the row's adapter (cached per call)."""

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from tunehouse.config import TrainConfig
+from tunehouse.models import bf16_is_fast
 from tunehouse.models.logprobs import HEAD_CHUNK, causal_lm, pad_right
 from tunehouse.train.head import head_cross_entropy
 
@@ -133,15 +134,3 @@ def autocast_context(precision: str, device: str) -> Any:
     if not use_bf16(precision, device):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
-
-
-def bf16_is_fast(device: str) -> bool:
-    """CUDA with bf16 support, or a CPU advertising AMX-BF16 / AVX512-BF16 instructions."""
-    if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
