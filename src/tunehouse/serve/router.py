@@ -11,9 +11,9 @@ runs on a machine shared with other work), merged model / PEFT's path / this rou
     8 rows, one adapter               119-151 ms  142-160 ms  135-154 ms
     8 rows, 4 + 4 on two adapters         -       195-212 ms  138-162 ms
 
-So every plain LoRA ``Linear`` (no LoRA variant such as DoRA, no LoRA bias, eval mode) runs
-only its base layer (its ``forward`` is pointed at the base layer's) and a forward hook adds
-every row's own low-rank update at once::
+So every plain LoRA ``Linear`` (no LoRA variant such as DoRA, no LoRA bias, eval mode) gets
+a ``forward`` of ours (an instance attribute, not a forward hook: torch's call path without
+hooks is faster) that runs its base layer and adds every row's own low-rank update at once::
 
     delta = ((x @ A) * mask) @ B
 
@@ -21,7 +21,9 @@ every row's own low-rank update at once::
 ``lora_B`` stacked with the LoRA scaling folded in, and ``mask`` [rows, 1, R] selects each
 row's own columns (none for ``__base__`` rows; no mask when all rows share one adapter): two
 matmuls per layer whatever the number of adapters, and PEFT's result up to rounding (masked
-columns add exact zeros; the update is added in place with ``addmm_``). The stacked weights
+columns add exact zeros; the update is added in place with ``addmm_``). On CPU the stacks are
+float32 even for a bf16 model (no slower there in a decode step, and the update is
+rounded once, when added). The stacked weights
 are built once per set of adapters present in a batch (the last few sets are kept; a batch's
 set changes only when requests join or leave). Other LoRA layers and PEFT's auxiliary
 wrappers (``modules_to_save``) keep PEFT's own ``adapter_names`` path.
@@ -32,6 +34,7 @@ other calls); only the scheduler thread does so.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +80,8 @@ def build_stack(layer: Any, adapters: tuple[str, ...]) -> Stack:
 class AdapterRouter:
     """Runs the PEFT-wrapped base model with row ``i`` using adapter ``adapters[i]``.
 
-    ``attach`` installs the hooks (again after every adapter load or delete: PEFT's modules
-    change); ``forward`` only swaps the per-call state the hooks read.
+    ``attach`` installs the hooks and forwards (again after every adapter load or delete:
+    PEFT's modules change); ``forward`` only swaps the per-call state they read.
     """
 
     def __init__(self) -> None:
@@ -93,7 +96,8 @@ class AdapterRouter:
         self._peft = False
 
     def attach(self, model: Any) -> None:
-        """(Re)install the hooks on every LoRA layer of ``model`` (dropping stacked weights)."""
+        """(Re)install our forward or a hook on every LoRA layer of ``model`` (dropping stacked
+        weights)."""
         from peft import PeftModel
         from peft.tuners.lora import LoraLayer
         from peft.tuners.lora.layer import Linear as LoraLinear
@@ -103,16 +107,16 @@ class AdapterRouter:
         self._peft = isinstance(model, PeftModel)
         for m in model.modules():
             if type(m) is LoraLinear and is_plain(m):  # subclasses (quantised) differ
-                m.forward = m.base_layer.forward  # the hook adds the LoRA updates
+                # an instance attribute, not a hook: torch's call path without hooks is faster
+                m.forward = functools.partial(self._lora_forward, m)
                 self._hooked.append(m)
-                self._handles.append(m.register_forward_hook(self._add_updates))
                 continue
             if isinstance(m, (LoraLayer, AuxiliaryTrainingWrapper)):
                 self._handles.append(m.register_forward_pre_hook(self._pass_names,
                                                                  with_kwargs=True))
 
     def detach(self) -> None:
-        """Remove the hooks: the model is PEFT's own again (callable directly)."""
+        """Remove the hooks and forwards: the model is PEFT's own again (callable directly)."""
         for handle in self._handles:
             handle.remove()
         for m in self._hooked:
@@ -147,6 +151,12 @@ class AdapterRouter:
         if self._names is not None:
             kwargs["adapter_names"] = self._names
         return args, kwargs
+
+    def _lora_forward(self, module: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """A hooked LoRA layer's forward: its base layer, plus the rows' low-rank updates."""
+        output = module.base_layer(x, *args, **kwargs)
+        updated = self._add_updates(module, (x,), output)
+        return output if updated is None else updated
 
     def _add_updates(self, module: Any, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if self._names is None:
