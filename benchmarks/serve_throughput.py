@@ -1,6 +1,6 @@
 """Serving speed: chat completions through ``tunehouse serve`` vs ``generate`` on a merged model.
 
-    .venv/bin/python benchmarks/serve_throughput.py                  # full run (~15 min on 2 cores)
+    .venv/bin/python benchmarks/serve_throughput.py                  # full run (~6 min on 2 cores)
     .venv/bin/python benchmarks/serve_throughput.py --quick          # smoke run, a few minutes
     .venv/bin/python benchmarks/serve_throughput.py --workdir /tmp/sb # keep (and reuse) the adapters
     .venv/bin/python benchmarks/serve_throughput.py --threads 1      # on a machine shared with other work
