@@ -27,6 +27,7 @@ from tunehouse import models
 from tunehouse.errors import InvalidRequest, ModelNotFound, TunehouseError
 from tunehouse.models import ModelSource
 from tunehouse.serve.attention import use_decode_attention
+from tunehouse.serve.packed import pack_linears
 from tunehouse.serve.router import BASE_ADAPTER, AdapterRouter
 
 BASE_LANE = "base"
@@ -85,6 +86,14 @@ def resolve_dtype(dtype: Any, device: str) -> torch.dtype:
     return names[dtype]
 
 
+def for_serving(model: Any, device: str) -> Any:
+    """``model`` with the engine's decode attention and, on CPU, packed linear weights."""
+    use_decode_attention(model)
+    if device == "cpu":
+        pack_linears(model)
+    return model
+
+
 def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [""])[0]
 
@@ -108,8 +117,8 @@ class ModelStore:
         self.base_source = base
         self.base_real = os.path.realpath(base.path)
         try:
-            self.base_model: Any = use_decode_attention(
-                models.load_model(base, dtype=self.dtype, device=device).eval())
+            self.base_model: Any = for_serving(
+                models.load_model(base, dtype=self.dtype, device=device).eval(), device)
         except TunehouseError:
             raise
         except Exception as err:  # unreadable weights, unreachable hub id, ...
@@ -245,8 +254,9 @@ class ModelStore:
         if victim is not None:  # free memory first: full models are big
             del self._full[victim]
         try:
-            model = use_decode_attention(models.load_model(
-                target.source, dtype=self.dtype, device=self.device, merge_adapter=True).eval())
+            model = for_serving(models.load_model(
+                target.source, dtype=self.dtype, device=self.device, merge_adapter=True).eval(),
+                self.device)
         except Exception as err:
             raise ModelNotFound(f"The model '{target.model_id}' could not be loaded from "
                                 f"{target.source.path}: {type(err).__name__}: "

@@ -17,7 +17,8 @@ decode step of 8 rows: ~47 ms against ~75 ms; ``generate`` on a merged model, ba
 against 88 tok/s), so ``dtype="auto"`` is bfloat16 on CPUs with native bf16 instructions and
 on GPUs, float32 on other CPUs (an earlier measurement here had bf16 4-5x slower). Decode steps
 on CPU use the engine's own attention and a KV cache that grows in place
-(``serve/attention.py``; the cache is float32 on CPU). Everything runs under
+(``serve/attention.py``; the cache is float32 on CPU), and linear layers run on weights packed
+for oneDNN (``serve/packed.py``; a second copy of the weights in memory). Everything runs under
 ``torch.inference_mode()``; engine overhead (scheduling, sampling, detokenising) is a few
 percent of a step. Torch uses one thread per core by default; while other processes kept the
 cores busy (load 4-9), two threads waited on each other and the engine fell to 1-4 tok/s,

@@ -1,0 +1,50 @@
+"""Linear layers of a CPU serving model with their weights pre-packed for oneDNN.
+
+A decode step multiplies a few rows by every weight matrix once, so the linear layers are
+bound by how fast their weights stream from memory. In PyTorch's dense layout oneDNN's bf16
+product reached ~14 GB/s on the 2-core build machine (a plain read: ~30 GB/s); with the
+weights re-laid out once in oneDNN's blocked format (what Inductor's weight freezing uses) the
+same products take 25-35% less time, with bit-identical results in bf16 (float32 results
+differ in the last bits: another summation order). A SmolLM2-135M decode step in bf16 fell
+from ~44 to ~38 ms at 1 row and from ~73 to ~57 ms at 8 rows.
+
+The packed copy is made once, when the model is loaded, and costs the weights' size again
+(the dense weights stay: the embedding shares the tied output head's, and PEFT reads the base
+layers' weights when it loads adapters). Serving never changes base weights after loading;
+anything that did would have to repack.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+
+PACKABLE = (torch.bfloat16, torch.float32)
+
+
+def pack_linears(model: Any) -> int:
+    """Give every plain ``nn.Linear`` of ``model`` (on CPU, bf16 or float32) a ``forward``
+    on a packed copy of its weights; returns how many layers were packed (0 where oneDNN is
+    unavailable)."""
+    if not torch.backends.mkldnn.is_available():
+        return 0
+    count = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if (type(module) is not torch.nn.Linear or weight is None or weight.is_cuda
+                or weight.dtype not in PACKABLE or "forward" in module.__dict__):
+            continue
+        try:
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
+        except RuntimeError:  # an unsupported shape or build: keep the dense layer
+            continue
+        module.forward = functools.partial(_packed_linear, packed, module.bias)
+        count += 1
+    return count
+
+
+def _packed_linear(packed: torch.Tensor, bias: torch.Tensor | None,
+                   x: torch.Tensor) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
