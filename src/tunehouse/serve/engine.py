@@ -121,21 +121,27 @@ class Engine:
             import torch
 
             torch.set_num_threads(_integer("threads", threads, 1))
-        source = models.resolve(base_model)
-        adapter = source if source.adapter_of else None
-        if adapter is not None:
-            source = models.resolve(adapter.adapter_of)
-        self.base_model_id = source.name
         self.default_max_tokens = default_max_tokens
-        self._store = ModelStore(source, device=device, dtype=dtype, max_adapters=max_adapters,
-                                 max_full_models=max_full_models)
         self._targets: dict[str, Target] = {}
         self._lock = threading.Lock()
+        adapters: list[models.ModelSource] = []
+
+        def load() -> ModelStore:  # on the scheduler's thread, like all torch work (Scheduler)
+            source = models.resolve(base_model)  # may convert the embedded GGUF (torch)
+            if source.adapter_of:
+                adapters.append(source)
+                source = models.resolve(source.adapter_of)
+            return ModelStore(source, device=device, dtype=dtype, max_adapters=max_adapters,
+                              max_full_models=max_full_models)
+
+        self._scheduler = Scheduler(load, max_batch_size=max_batch_size,
+                                    max_waiting=max_waiting, threads=threads)
+        self._store = self._scheduler.store
+        source = self._store.base_source
+        self.base_model_id = source.name
         self._targets[source.name] = self._store.target(source.name, source)
-        if adapter is not None:
+        for adapter in adapters:
             self.register(adapter.name, adapter.path)
-        self._scheduler = Scheduler(self._store, max_batch_size=max_batch_size,
-                                    max_waiting=max_waiting)
 
     # ----- model ids -----
 
