@@ -7,6 +7,7 @@ KV-cache surgery and adapter routing are all held to an independent reference.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -211,6 +212,20 @@ def test_unknown_model_bad_messages_and_unregister(engine, dirs):
     assert engine.unregister("ft:tiny:tmp") is True
     with pytest.raises(ModelNotFound):
         engine.count_prompt_tokens("ft:tiny:tmp", PROMPTS[0])
+
+
+def test_async_streams_share_one_event_loop(engine, references):
+    async def text(model: str, i: int) -> str:
+        stream = engine.stream(model, PROMPTS[i], temperature=0, max_tokens=MAX)
+        return "".join([d.text async for d in stream])
+
+    async def all_texts() -> dict[tuple[str, int], str]:
+        jobs = [(m, i) for m in model_ids(engine) for i in range(len(PROMPTS))] * 2
+        texts = await asyncio.gather(*(text(m, i) for m, i in jobs))
+        assert texts[:len(texts) // 2] == texts[len(texts) // 2:]
+        return dict(zip(jobs, texts, strict=True))
+
+    assert asyncio.run(all_texts()) == references
 
 
 def test_closing_a_stream_cancels_it(engine):

@@ -17,7 +17,7 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
@@ -166,8 +166,10 @@ def _stream(holder: EngineHolder, name: str, body: ChatCompletionRequest,
                              headers={"Cache-Control": "no-cache"})
 
 
-def _sse(holder: EngineHolder, body: ChatCompletionRequest, deltas: Any) -> Iterator[str]:
-    """SSE chunks: a role delta per choice, content deltas, finish reasons, usage, [DONE]."""
+async def _sse(holder: EngineHolder, body: ChatCompletionRequest, deltas: Any
+               ) -> AsyncIterator[str]:
+    """SSE chunks: a role delta per choice, content deltas, finish reasons, usage, [DONE].
+    An async generator: the engine wakes the event loop per delta (no thread per stream)."""
     cid, created = "chatcmpl-" + secrets.token_hex(12), int(time.time())
     usage_wanted = bool(body.stream_options and body.stream_options.include_usage)
 
@@ -182,7 +184,7 @@ def _sse(holder: EngineHolder, body: ChatCompletionRequest, deltas: Any) -> Iter
         for i in range(body.n or 1):
             yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""},
                           "finish_reason": None, "logprobs": None}])
-        for d in deltas:
+        async for d in deltas:
             yield chunk([{"index": d.index, "delta": {"content": d.text} if d.text else {},
                           "finish_reason": d.finish_reason, "logprobs": None}])
         if usage_wanted:

@@ -28,7 +28,9 @@ prompts): on a shared machine pass ``threads`` or set ``OMP_NUM_THREADS``.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import queue
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -46,13 +48,16 @@ MAX_STOP = 4
 class Stream(Iterator[StreamDelta]):
     """The deltas of one request as they are produced; usage is known once it is exhausted.
 
-    ``close()`` (or leaving a ``with`` block early) cancels the request: its rows leave the
-    batch at the next step.
+    Iterate it (blocking) or ``async for`` it on an event loop: the scheduler thread then wakes
+    the loop for every delta (``call_soon_threadsafe``), so a server streaming many answers
+    needs no thread per stream and no thread hop per token. ``close()`` (or leaving a
+    ``with`` block early) cancels the request: its rows leave the batch at the next step.
     """
 
     def __init__(self, request: Request):
         self._req = request
         self._done = False
+        self._wake: asyncio.Event | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -66,13 +71,49 @@ class Stream(Iterator[StreamDelta]):
     def __next__(self) -> StreamDelta:
         if self._done:
             raise StopIteration
-        item = self._req.events.get()
+        item = self._take(self._req.events.get())
+        if item is None:
+            raise StopIteration
+        return item
+
+    def __aiter__(self) -> Stream:
+        if self._wake is None:
+            loop, wake = asyncio.get_running_loop(), asyncio.Event()
+            self._wake = wake
+
+            def notify() -> None:  # on the scheduler thread
+                try:
+                    loop.call_soon_threadsafe(wake.set)
+                except RuntimeError:  # the loop is closed: nobody is reading any more
+                    pass
+
+            self._req.notify = notify
+        return self
+
+    async def __anext__(self) -> StreamDelta:
+        assert self._wake is not None, "use 'async for'"
+        while not self._done:
+            try:
+                raw = self._req.events.get_nowait()
+            except queue.Empty:
+                self._wake.clear()
+                if self._req.events.empty():  # checked after clearing: no wake-up is lost
+                    await self._wake.wait()
+                continue
+            item = self._take(raw)
+            if item is not None:
+                return item
+        raise StopAsyncIteration
+
+    def _take(self, item: object) -> StreamDelta | None:
+        """A delta, or None at the end; an error from the engine is raised."""
         if item is DONE:
             self._done = True
-            raise StopIteration
+            return None
         if isinstance(item, BaseException):
             self._done = True
             raise item
+        assert isinstance(item, StreamDelta)
         return item
 
     def close(self) -> None:

@@ -48,9 +48,16 @@ class Request:
     completion_tokens: list[int] = field(default_factory=list)
     live: int = 0  # rows still generating
     pinned: bool = False
+    notify: Callable[[], None] | None = None  # called after every event (async readers)
+
+    def emit(self, item: object) -> None:
+        """Hand ``item`` (a StreamDelta, DONE or an error) to the reader."""
+        self.events.put(item)
+        if self.notify is not None:
+            self.notify()
 
     def fail(self, err: BaseException) -> None:
-        self.events.put(err)
+        self.emit(err)
 
 
 @dataclass(eq=False)
@@ -308,7 +315,7 @@ class Scheduler:
                 self._finish(row, "length", delta)
             else:
                 if delta:
-                    req.events.put(StreamDelta(row.index, delta))
+                    req.emit(StreamDelta(row.index, delta))
                 row.token = tok
                 keep.append(i)
         return keep
@@ -318,7 +325,7 @@ class Scheduler:
         with req.info.lock:
             text = delta + row.tracker.finish()
         req.completion_tokens[row.index] = row.generated
-        req.events.put(StreamDelta(row.index, text, reason))
+        req.emit(StreamDelta(row.index, text, reason))
         self._drop(row)
 
     def _drop(self, row: Row) -> None:
@@ -326,7 +333,7 @@ class Scheduler:
         req.live -= 1
         if req.live == 0:
             self._release(req)
-            req.events.put(DONE)
+            req.emit(DONE)
 
     def _release(self, req: Request) -> None:
         if req.pinned:
