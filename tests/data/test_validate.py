@@ -260,7 +260,7 @@ def test_estimate_uses_six_n_per_token(train, tiny_tokenizer, monkeypatch):
     est = report.stats["estimate"]
     assert report.stats["epochs"] == 3 and report.stats["epochs_auto"]
     expected = 6 * 10_000_000 * report.stats["tokens"]["processed_total"] * 3 / (
-        100e9 * stats.CPU_EFFICIENCY)
+        100e9 * stats.engine_efficiency())
     assert est["seconds"] == pytest.approx(expected, abs=0.1) and est["cpu_gflops"] == 100
     fixed = validate_file(train, tokenizer=tiny_tokenizer, n_params=10_000_000, epochs=1)
     assert fixed.stats["epochs"] == 1 and not fixed.stats["epochs_auto"]

@@ -107,8 +107,8 @@ def _estimate_line(stats: dict[str, Any]) -> str | None:
     return (f"{epochs} epoch(s){how} x {est['tokens_per_epoch']:,} tokens on a"
             f" {est['n_params'] / 1e6:,.0f}M-parameter model: about"
             f" {format_duration(est['seconds'])} on this CPU (matmul probe"
-            f" {est['cpu_gflops']:,} GFLOP/s at {est['efficiency']:.0%} efficiency; a rough"
-            " order of magnitude)")
+            f" {est['cpu_gflops']:,} GFLOP/s; tunehouse's engine measured at"
+            f" {est['efficiency']:.2g}x it; a rough order of magnitude)")
 
 
 def format_duration(seconds: float) -> str:

@@ -8,11 +8,12 @@ Training-time heuristic (``estimate_seconds``): a forward plus backward pass cos
 of an example, not only the trained ones. DPO runs the policy on both answers and a frozen
 reference model forward (``2 × n_params``), hence a factor of 8. The machine's speed is a
 single-thread matrix-multiply probe (numpy float32, best of ~0.1 s of runs, once per
-process) times the number of cores, times
-``CPU_EFFICIENCY``, the share of peak matmul speed a small-model training step reaches on CPU
-(attention, norms, optimizer and Python overhead take the rest). Set
-``TUNEHOUSE_CPU_GFLOPS`` to override the measured peak. The estimate is for this CPU when no
-other job competes for it; it is an order of magnitude, not a promise.
+process) times the number of cores, times ``engine_efficiency()``: the training speed
+tunehouse's engine measured, in those FLOPs per second, per probe FLOP/s. Its LoRA engine
+does less than ``6 × n_params`` per token (frozen weights get no gradient, the vocabulary head
+runs on trained tokens only) and computes in bf16 where the CPU has native bf16, so the ratio
+can exceed 1. Set ``TUNEHOUSE_CPU_GFLOPS`` to override the measured peak. The estimate is for
+this CPU when no other job competes for it; it is an order of magnitude, not a promise.
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from typing import Any
 
 from tunehouse.data.formats import CHAT, PREFERENCE, Record
 from tunehouse.data.tokenize import encode_chat
+from tunehouse.hardware import cpu_has_native_bf16
 
-# Measured with SmolLM2-135M (LoRA and full, bf16 autocast, 4 x 256 tokens) against this probe
-# on a 2-core AMD EPYC shared four ways: 0.06-0.08, i.e. roughly 0.25-0.3 on an idle machine.
-CPU_EFFICIENCY = 0.2
+# tunehouse's LoRA training speed in 6 x n_params FLOP/s per probe FLOP/s, measured on the
+# 2-core AMD EPYC build machine (probe 226 GFLOP/s) with SmolLM2-135M on the demo's tickets
+# (2026-11-30): 340 tokens/s in bf16 (1.2), 239 tokens/s with --precision fp32 (0.85), the
+# latter standing for CPUs without native bf16.
+ENGINE_EFFICIENCY = {"bf16": 1.2, "fp32": 0.85}
 FALLBACK_GFLOPS = 50.0  # if numpy is unavailable: ~2 cores of a recent x86 CPU, float32
 FLOPS_FACTOR = {CHAT: 6, PREFERENCE: 8}
 
@@ -227,6 +231,11 @@ def cpu_flops() -> float:
     return 2 * 64**4 / best * _n_cores()
 
 
+def engine_efficiency() -> float:
+    """``ENGINE_EFFICIENCY`` for this CPU: bf16 where it has native bf16, else float32."""
+    return ENGINE_EFFICIENCY["bf16" if cpu_has_native_bf16() else "fp32"]
+
+
 def _n_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -241,8 +250,8 @@ def estimate_seconds(tokens_per_epoch: int, epochs: int, n_params: int, *,
     ``tokens_per_epoch`` counts every token the model processes (prompt tokens too: the
     backward pass runs through them even where the loss is masked).
 
-    >>> round(estimate_seconds(1000, 3, 1_000_000, flops_per_second=1e9 / CPU_EFFICIENCY))
+    >>> round(estimate_seconds(1000, 3, 1_000_000, flops_per_second=1e9 / engine_efficiency()))
     18
     """
-    speed = (flops_per_second or cpu_flops()) * CPU_EFFICIENCY
+    speed = (flops_per_second or cpu_flops()) * engine_efficiency()
     return flops_factor * n_params * tokens_per_epoch * epochs / speed

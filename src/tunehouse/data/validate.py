@@ -296,5 +296,5 @@ def _add_estimate(report: ValidationReport, n_params: int | None, epochs: int | 
     report.stats["estimate"] = {
         "seconds": round(seconds, 1), "n_params": n_params, "epochs": report.stats["epochs"],
         "tokens_per_epoch": tokens["processed_total"], "flops_per_token": factor * n_params,
-        "cpu_gflops": round(speed / 1e9, 1), "efficiency": stats.CPU_EFFICIENCY,
+        "cpu_gflops": round(speed / 1e9, 1), "efficiency": stats.engine_efficiency(),
     }

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunehouse.errors import InvalidRequest, ModelNotFound
+from tunehouse.hardware import cpu_has_native_bf16
 from tunehouse.paths import home
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -188,15 +189,9 @@ def context_length(model_or_config: Any, default: int = 2048) -> int:
 
 
 def bf16_is_fast(device: str) -> bool:
-    """CUDA with bf16 support, or a CPU advertising AMX-BF16 / AVX512-BF16 instructions
-    (Linux ``/proc/cpuinfo``; elsewhere False: emulated bf16 is slower than float32)."""
+    """CUDA with bf16 support, or a CPU with native bf16 instructions (AMX-BF16 / AVX512-BF16)."""
     if device.startswith("cuda"):
         import torch
 
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    return cpu_has_native_bf16()
