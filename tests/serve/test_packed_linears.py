@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from tunehouse.serve.packed import pack_linears
@@ -46,3 +47,20 @@ def test_bias_and_three_dimensional_inputs():
         packed = layer(x)
     assert packed.shape == (2, 5, 48)
     assert (packed - dense).abs().max() < 1e-5
+
+
+def test_a_changed_or_copied_layer_computes_on_its_dense_weight():
+    import copy
+
+    layer = torch.nn.Linear(64, 48).eval()
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(7))
+    assert pack_linears(layer) == 1
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place, after packing
+    assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias))
+    twin = copy.deepcopy(layer)  # what PEFT does for modules_to_save
+    with torch.no_grad():
+        twin.weight.zero_()
+    assert torch.equal(twin(x), twin.bias.expand(3, 48))
+    layer.weight = torch.nn.Parameter(torch.ones(48, 64))  # replaced
+    assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias))

@@ -10,18 +10,24 @@ from ~44 to ~38 ms at 1 row and from ~73 to ~57 ms at 8 rows.
 
 The packed copy is made once, when the model is loaded, and costs the weights' size again
 (the dense weights stay: the embedding shares the tied output head's, and PEFT reads the base
-layers' weights when it loads adapters). Serving never changes base weights after loading;
-anything that did would have to repack.
+layers' weights when it loads adapters). Serving never changes base weights after loading; a
+layer whose weight was replaced or changed in place since (or a copy of a layer, such as the
+one PEFT makes for ``modules_to_save``) notices and computes on its dense weight.
 """
 
 from __future__ import annotations
 
 import functools
+import weakref
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 PACKABLE = (torch.bfloat16, torch.float32)
+# layer -> (packed weight, the weight it was packed from, that weight's version then)
+_PACKED: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, torch.Tensor, int]] = \
+    weakref.WeakKeyDictionary()
 
 
 def pack_linears(model: Any) -> int:
@@ -40,11 +46,19 @@ def pack_linears(model: Any) -> int:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
         except RuntimeError:  # an unsupported shape or build: keep the dense layer
             continue
-        module.forward = functools.partial(_packed_linear, packed, module.bias)
+        _PACKED[module] = (packed, weight, _version(weight))
+        module.forward = functools.partial(_packed_linear, module)
         count += 1
     return count
 
 
-def _packed_linear(packed: torch.Tensor, bias: torch.Tensor | None,
-                   x: torch.Tensor) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+def _packed_linear(module: Any, x: torch.Tensor) -> torch.Tensor:
+    entry = _PACKED.get(module)
+    if entry is None or entry[1] is not module.weight or entry[2] != _version(module.weight):
+        return F.linear(x, module.weight, module.bias)  # changed since packing, or a copy
+    return torch.ops.mkldnn._linear_pointwise(x, entry[0], module.bias, "none", [], "")
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The in-place-change counter (inference tensors have none: they cannot change)."""
+    return -1 if tensor.is_inference() else tensor._version

@@ -96,17 +96,14 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closed = False
         self._threads = threads or torch.get_num_threads()
-        self._loaded: tuple[ModelStore | None, BaseException | None] = (None, None)
+        self._load_error: BaseException | None = None
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(load, ready),
                                         name="tunehouse-engine", daemon=True)
         self._thread.start()
         ready.wait()
-        store, error = self._loaded
-        if error is not None:
-            raise error
-        assert store is not None
-        self.store: ModelStore = store
+        if self._load_error is not None:
+            raise self._load_error
 
     def submit(self, request: Request) -> None:
         """Queue ``request``. Raises Overloaded when the queue is full or the engine closed."""
@@ -131,11 +128,11 @@ class Scheduler:
         """Set this thread's OpenMP/MKL thread count (a per-thread setting) and load."""
         try:
             torch.set_num_threads(self._threads)
-            self._loaded = (load(), None)
+            self.store: ModelStore = load()
         except BaseException as err:  # noqa: BLE001 - handed to the constructor's caller
-            self._loaded = (None, err)
+            self._load_error = err
         ready.set()
-        return self._loaded[1] is None
+        return self._load_error is None
 
     def _run(self, load: Callable[[], ModelStore], ready: threading.Event) -> None:
         if not self._load(load, ready):
