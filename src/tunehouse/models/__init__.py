@@ -195,3 +195,16 @@ def bf16_is_fast(device: str) -> bool:
 
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     return cpu_has_native_bf16()
+
+
+def use_attention(model: Any, name: str, attention: Any, mask: Any) -> Any:
+    """Register ``attention`` (a transformers attention function) and ``mask`` (the mask
+    builder it expects) under ``name``, and switch ``model`` (a ``PreTrainedModel``) to them.
+    Registering again under the same name replaces; returns ``model``."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    AttentionInterface.register(name, attention)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, mask)
+    model.set_attn_implementation(name)
+    return model

@@ -26,9 +26,10 @@ from typing import Any
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
+from tunehouse.models import use_attention
+
 NAME = "tunehouse_decode"
 SPARE = 64  # positions allocated beyond the current length when a layer's buffer is (re)built
-_registered = False
 
 
 def decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -124,15 +125,8 @@ def new_cache() -> DynamicCache:
 
 
 def use_decode_attention(model: Any) -> Any:
-    """Register the attention function once and switch ``model`` (a ``PreTrainedModel``) to
-    it; masks are built as for SDPA (the fallback). Returns ``model``."""
-    global _registered
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+    """Switch ``model`` (a ``PreTrainedModel``) to the decode attention; masks are built as
+    for SDPA (the fallback). Returns ``model``."""
+    from transformers.masking_utils import sdpa_mask
 
-    if not _registered:
-        AttentionInterface.register(NAME, decode_attention)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, sdpa_mask)
-        _registered = True
-    model.set_attn_implementation(NAME)
-    return model
+    return use_attention(model, NAME, decode_attention, sdpa_mask)

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunehouse.models import use_attention
 from tunehouse.train.cpu_attention import packed_causal_attention
 
 NAME = "tunehouse_varlen"
-_registered = False
 
 
 def varlen_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -80,14 +80,8 @@ def _flash(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu: torc
 
 
 def use_varlen(model: Any) -> None:
-    """Register the attention function once and switch ``model`` (a ``PreTrainedModel``) to it."""
-    global _registered
-    from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+    """Switch ``model`` (a ``PreTrainedModel``) to the varlen attention. No dense mask is built:
+    boundaries travel as cu_seq_lens (padded calls keep theirs)."""
+    from transformers.masking_utils import flash_attention_mask
 
-    if not _registered:
-        AttentionInterface.register(NAME, varlen_attention)
-        # No dense mask is built: boundaries travel as cu_seq_lens (padded calls keep theirs).
-        ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, flash_attention_mask)
-        _registered = True
-    model.set_attn_implementation(NAME)
+    use_attention(model, NAME, varlen_attention, flash_attention_mask)
