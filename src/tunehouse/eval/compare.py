@@ -275,10 +275,6 @@ def _placement(precision: str = "auto") -> tuple[str, Any]:
     device = "cuda" if cuda else "cpu"
     if precision != "auto":
         return device, torch.bfloat16 if precision == "bf16" else torch.float32
-    if cuda:
-        return device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    try:
-        native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        native = False
-    return device, torch.bfloat16 if native else torch.float32
+    # the same test as training and serving: oneDNN's own check also says yes on AVX-512 CPUs
+    # without bf16 instructions, where bf16 is emulated
+    return device, torch.bfloat16 if models.bf16_is_fast(device) else torch.float32
