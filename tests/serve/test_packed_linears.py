@@ -64,3 +64,10 @@ def test_a_changed_or_copied_layer_computes_on_its_dense_weight():
     assert torch.equal(twin(x), twin.bias.expand(3, 48))
     layer.weight = torch.nn.Parameter(torch.ones(48, 64))  # replaced
     assert torch.allclose(layer(x), F.linear(x, layer.weight, layer.bias))
+
+
+def test_nothing_is_packed_when_the_copies_would_not_fit():
+    layer = torch.nn.Linear(64, 48)  # 12 KB of float32 weights
+    assert pack_linears(layer, memory_available=20_000) == 0  # more than half of it
+    assert "forward" not in layer.__dict__
+    assert pack_linears(layer, memory_available=30_000) == 1

@@ -12,7 +12,9 @@ The packed copy is made once, when the model is loaded, and costs the weights' s
 (the dense weights stay: the embedding shares the tied output head's, and PEFT reads the base
 layers' weights when it loads adapters). Serving never changes base weights after loading; a
 layer whose weight was replaced or changed in place since (or a copy of a layer, such as the
-one PEFT makes for ``modules_to_save``) notices and computes on its dense weight.
+one PEFT makes for ``modules_to_save``) notices and computes on its dense weight. Where the
+copies would take more than half of the memory still available (a large model on a small
+machine), nothing is packed: the model then runs on its dense weights, slower but in memory.
 """
 
 from __future__ import annotations
@@ -30,18 +32,19 @@ _PACKED: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, torch.Tensor, int]] 
     weakref.WeakKeyDictionary()
 
 
-def pack_linears(model: Any) -> int:
+def pack_linears(model: Any, *, memory_available: int | None = None) -> int:
     """Give every plain ``nn.Linear`` of ``model`` (on CPU, bf16 or float32) a ``forward``
     on a packed copy of its weights; returns how many layers were packed (0 where oneDNN is
-    unavailable)."""
-    if not torch.backends.mkldnn.is_available():
+    unavailable, or where the copies would need more than half of ``memory_available`` bytes,
+    by default what the system reports available)."""
+    layers = [m for m in model.modules() if _packable(m)]
+    need = sum(m.weight.numel() * m.weight.element_size() for m in layers)
+    room = memory_available if memory_available is not None else _available_memory()
+    if not torch.backends.mkldnn.is_available() or (room is not None and need > room // 2):
         return 0
     count = 0
-    for module in model.modules():
-        weight = getattr(module, "weight", None)
-        if (type(module) is not torch.nn.Linear or weight is None or weight.is_cuda
-                or weight.dtype not in PACKABLE or "forward" in module.__dict__):
-            continue
+    for module in layers:
+        weight = module.weight
         try:
             packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 1)
         except RuntimeError:  # an unsupported shape or build: keep the dense layer
@@ -50,6 +53,24 @@ def pack_linears(model: Any) -> int:
         module.forward = functools.partial(_packed_linear, module)
         count += 1
     return count
+
+
+def _packable(module: Any) -> bool:
+    weight = getattr(module, "weight", None)
+    return (type(module) is torch.nn.Linear and weight is not None and not weight.is_cuda
+            and weight.dtype in PACKABLE and "forward" not in module.__dict__)
+
+
+def _available_memory() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (None where there is none)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _packed_linear(module: Any, x: torch.Tensor) -> torch.Tensor:
