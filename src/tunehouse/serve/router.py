@@ -154,22 +154,16 @@ class AdapterRouter:
 
     def _lora_forward(self, module: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """A hooked LoRA layer's forward: its base layer, plus the rows' low-rank updates."""
-        output = module.base_layer(x, *args, **kwargs)
-        updated = self._add_updates(module, (x,), output)
-        return output if updated is None else updated
-
-    def _add_updates(self, module: Any, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         if self._names is None:
             raise RuntimeError("the adapter-serving model must be called through "
                                "AdapterRouter.forward (its LoRA layers are hooked)")
+        output = module.base_layer(x, *args, **kwargs)
         stack = self._stacks.get(module)
         if stack is None:
             stack = self._stacks[module] = build_stack(module, self._set)
         if stack.a is None or stack.b is None:
-            return None  # none of the batch's adapters has this layer
-        x = args[0]
-        if x.dtype != stack.a.dtype:
-            x = x.to(stack.a.dtype)
+            return output  # none of the batch's adapters has this layer
+        x = x.to(stack.a.dtype)  # float32 stacks under a bf16 model on CPU
         low = x @ stack.a
         if not self._uniform:
             low.mul_(self._mask(stack, x))
@@ -180,7 +174,7 @@ class AdapterRouter:
             flat.addmm_(rows, stack.b)
         else:  # a bf16 model on CPU: the update in float32, rounded once when added
             flat.add_(rows @ stack.b)
-        return None
+        return output
 
     def _mask(self, stack: Stack, x: torch.Tensor) -> torch.Tensor:
         """[rows, 1.., R]: 1 where the column belongs to the row's adapter (cached per call)."""
