@@ -36,8 +36,7 @@ def decode_attention(module: Any, query: torch.Tensor, key: torch.Tensor, value:
                      attention_mask: torch.Tensor | None, dropout: float = 0.0,
                      scaling: float | None = None, **kwargs: Any) -> tuple[torch.Tensor, None]:
     """transformers attention function: ``(rows, heads, q, dim)`` -> ``(rows, q, heads, dim)``."""
-    rows, heads, length, dim = query.shape
-    if length != 1 or query.is_cuda or (dropout and module.training):
+    if query.shape[2] != 1 or query.is_cuda or (dropout and module.training):
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         key, value = key.to(query.dtype), value.to(query.dtype)  # a float32 CPU cache
