@@ -1,4 +1,4 @@
-"""What this machine's CPU can do, read without torch (so every layer may ask)."""
+"""What this machine can do (CPU instructions, memory), read without torch so every layer may ask."""
 
 from __future__ import annotations
 
@@ -15,3 +15,16 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def available_memory() -> int | None:
+    """Memory the system reports available (``MemAvailable`` of ``/proc/meminfo``), in bytes;
+    None where there is no such report."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None

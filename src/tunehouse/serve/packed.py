@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunehouse.hardware import available_memory
+
 PACKABLE = (torch.bfloat16, torch.float32)
 # layer -> (packed weight, the weight it was packed from, that weight's version then)
 _PACKED: weakref.WeakKeyDictionary[Any, tuple[torch.Tensor, torch.Tensor, int]] = \
@@ -39,7 +41,7 @@ def pack_linears(model: Any, *, memory_available: int | None = None) -> int:
     by default what the system reports available)."""
     layers = [m for m in model.modules() if _packable(m)]
     need = sum(m.weight.numel() * m.weight.element_size() for m in layers)
-    room = memory_available if memory_available is not None else _available_memory()
+    room = memory_available if memory_available is not None else available_memory()
     if not torch.backends.mkldnn.is_available() or (room is not None and need > room // 2):
         return 0
     count = 0
@@ -59,18 +61,6 @@ def _packable(module: Any) -> bool:
     weight = getattr(module, "weight", None)
     return (type(module) is torch.nn.Linear and weight is not None and not weight.is_cuda
             and weight.dtype in PACKABLE and "forward" not in module.__dict__)
-
-
-def _available_memory() -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` in bytes (None where there is none)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def _packed_linear(module: Any, x: torch.Tensor) -> torch.Tensor:
