@@ -10,7 +10,15 @@ import torch
 from tunehouse.config import TrainConfig
 from tunehouse.data.tokenize import encode_chat
 from tunehouse.models.tiny import build_model
-from tunehouse.train.model import autocast_context, collate, trained_token_loss, wrap_for_training
+from tunehouse.train.model import (
+    autocast_context,
+    collate,
+    pack,
+    packed_token_loss,
+    prepare_for_training,
+    trained_token_loss,
+    wrap_for_training,
+)
 
 
 def batch(tok):
@@ -54,3 +62,25 @@ def test_bf16_fast_path_matches_fp32_reference(tiny_tokenizer):
         assert p.grad.dtype == torch.float32, name
         cos = torch.nn.functional.cosine_similarity(g, r, dim=0)
         assert cos > 0.98 and abs(g.norm() / r.norm() - 1) < 0.05, (name, float(cos))
+
+
+def test_packed_engine_path_matches_fp32_reference(tiny_tokenizer):
+    """The same check through everything the loop installs (``prepare_for_training``: varlen
+    attention over a packed row, fused LoRA linears) and the loop's loss function."""
+    ref, fast = lora_models(tiny_tokenizer)
+    prepare_for_training(fast)
+    ids, att, lab = batch(tiny_tokenizer)
+    ref_loss = ref(input_ids=ids, attention_mask=att, labels=lab).loss
+    ref_loss.backward()
+    rows = [(ids[i][att[i].bool()].tolist(), lab[i][att[i].bool()].tolist()) for i in range(len(ids))]
+    with autocast_context("bf16", "cpu"):
+        total, n, _ = packed_token_loss(fast, pack(rows))
+    (total / n).backward()
+    assert n == int((lab[:, 1:] != -100).sum())
+    assert abs(float(total.detach() / n) - float(ref_loss.detach())) < 0.02 * float(ref_loss.detach())
+    ref_grads = dict(ref.named_parameters())
+    for name, p in fast.named_parameters():
+        if p.requires_grad:
+            g, r = p.grad.flatten(), ref_grads[name].grad.flatten()
+            cos = torch.nn.functional.cosine_similarity(g, r, dim=0)
+            assert cos > 0.98 and abs(g.norm() / r.norm() - 1) < 0.05, (name, float(cos))

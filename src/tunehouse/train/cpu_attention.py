@@ -96,7 +96,7 @@ def _probs(scaled: torch.Tensor, k: torch.Tensor, s: int, e: int) -> torch.Tenso
     per = scaled.shape[1] // k.shape[1]
     scores = torch.bmm(scaled[:, s * per:e * per], k[:, :e].transpose(1, 2))
     scores[:, :, s:e].masked_fill_(_future(e - s, per), float("-inf"))
-    return torch.softmax(scores, -1, dtype=torch.float32).to(scaled.dtype)
+    return torch.softmax(scores, -1)  # fp32 inside, written in the compute dtype
 
 
 def _forward(scaled: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: bool

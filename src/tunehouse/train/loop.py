@@ -25,15 +25,14 @@ from tunehouse.config import TrainConfig
 from tunehouse.data.packing import epoch_batches, pack_groups
 from tunehouse.errors import InvalidFile, InvalidRequest
 from tunehouse.train import data as tdata
-from tunehouse.train.attention import use_varlen
 from tunehouse.train.callbacks import TrainCallbacks
 from tunehouse.train.hparams import Resolved, lr_at, resolve
 from tunehouse.train.model import (
     Packed,
     autocast_context,
-    causal_lm,
     pack,
     packed_token_loss,
+    prepare_for_training,
     use_bf16,
     wrap_for_training,
 )
@@ -132,11 +131,7 @@ class Trainer:
             base = models.load_model(self.source, device=self.device, dtype=dtype)
             model = wrap_for_training(base, self.cfg)
         model.config.use_cache = False
-        use_varlen(causal_lm(model))
-        for m in model.modules():  # LoRA inputs stay bf16 under autocast: no fp32 copy per layer
-            if hasattr(m, "cast_input_dtype_enabled"):
-                m.cast_input_dtype_enabled = False
-        return model.train()
+        return prepare_for_training(model).train()
 
     def _prepare_out(self) -> Path:
         ckpts = self.out / "checkpoints"

@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from tunehouse.config import TrainConfig
 from tunehouse.models import bf16_is_fast
 from tunehouse.models.logprobs import HEAD_CHUNK, causal_lm, pad_right
+from tunehouse.train.attention import use_varlen
 from tunehouse.train.head import head_cross_entropy
+from tunehouse.train.lora import use_fused_lora
 
 IGNORE_INDEX = -100
 
@@ -35,6 +37,18 @@ def wrap_for_training(model: Any, cfg: TrainConfig) -> Any:
         target_modules=cfg.lora.target_modules, bias="none", task_type="CAUSAL_LM",
     )
     return get_peft_model(model, lcfg)
+
+
+def prepare_for_training(model: Any) -> Any:
+    """Switch a (PEFT) model to the engine's fast path, in place: varlen attention for packed
+    rows (``train.attention``), one autograd node per plain LoRA linear (``train.lora``), and
+    LoRA inputs left in the compute dtype under autocast (PEFT would cast each to fp32)."""
+    use_varlen(causal_lm(model))
+    use_fused_lora(model)
+    for m in model.modules():
+        if hasattr(m, "cast_input_dtype_enabled"):
+            m.cast_input_dtype_enabled = False
+    return model
 
 
 def trained_token_loss(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,

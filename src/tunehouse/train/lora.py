@@ -1,0 +1,100 @@
+"""LoRA linear layers as one autograd node each, for training.
+
+PEFT's LoRA ``Linear`` computes ``base(x) + lora_B(lora_A(dropout(x))) * scaling`` op by op.
+Under bf16 autocast that is, per layer and call, two weight casts, a matmul writing a full
+``(tokens, out)`` update, a multiplication and an addition over it, and in the backward pass
+the same multiplication again, the update's gradient matmul and another addition over
+``(tokens, in)``: element-wise passes over the largest activations of the model, seven times a
+decoder layer. Here the forward pass is ``x @ W.T`` with the low-rank update added into it by
+one accumulating matmul (``addmm_``: summed in fp32, rounded once), the backward pass the
+frozen weight's input gradient with the update's added the same way, plus the adapters' two
+small weight-gradient matmuls. The scaling is folded into ``B`` (a ``(out, r)`` matrix) instead
+of multiplying activations.
+
+Only the layer's ``forward`` is replaced (an instance attribute): the parameters stay PEFT's,
+so saving, loading, merging and ``disable_adapter()`` work as before. Layers whose adapter is
+not plain (dropout, DoRA or another variant, a LoRA bias, several active adapters, a trainable
+base weight) keep PEFT's forward, decided at every call.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class _LoraLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                a: torch.Tensor, b: torch.Tensor, scale: float) -> torch.Tensor:
+        """``x`` (..., in) in the compute dtype, ``weight`` (out, in) frozen, ``a`` (r, in) and
+        ``b`` (out, r) the adapter's weights in their own dtype -> (..., out)."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        a_c, b_c = a.to(x.dtype), (b * scale).to(x.dtype)
+        y = F.linear(x2, weight, bias)
+        xa = x2 @ a_c.t()
+        y.addmm_(xa, b_c.t())
+        ctx.save_for_backward(x2, xa, weight, a_c, b_c)
+        ctx.scale, ctx.lead = scale, lead
+        return y.view(*lead, -1)
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, None, None,
+                                                      torch.Tensor | None, torch.Tensor | None, None]:
+        x2, xa, weight, a_c, b_c = ctx.saved_tensors
+        dy2 = dy.reshape(-1, dy.shape[-1]).to(x2.dtype)
+        g = dy2 @ b_c  # the gradient of x @ A.T: (tokens, r)
+        dx = da = db = None
+        if ctx.needs_input_grad[0]:
+            dx = dy2 @ weight
+            dx.addmm_(g, a_c)
+            dx = dx.view(*ctx.lead, -1)
+        if ctx.needs_input_grad[3]:
+            da = (g.t() @ x2).float()
+        if ctx.needs_input_grad[4]:
+            db = (dy2.t() @ xa).float().mul_(ctx.scale)
+        return dx, None, None, da, db, None
+
+
+def plain_adapter(layer: Any) -> str | None:
+    """The one active adapter of a PEFT LoRA ``Linear`` if ``_LoraLinear`` computes exactly
+    what PEFT would, else None."""
+    if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+        return None
+    name = layer.active_adapters[0]
+    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}) \
+            or layer.use_dora.get(name, False) or layer.lora_B[name].bias is not None \
+            or not isinstance(layer.lora_dropout[name], torch.nn.Identity):
+        return None
+    base = layer.base_layer
+    if type(base) is not torch.nn.Linear or base.weight.requires_grad:
+        return None
+    return name
+
+
+def _forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    name = plain_adapter(layer)
+    if name is None or args or kwargs:
+        return type(layer).forward(layer, x, *args, **kwargs)
+    base, device = layer.base_layer, x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    bias = None if base.bias is None else base.bias.to(dtype)
+    with torch.autocast(device, enabled=False):  # the function chooses its dtypes itself
+        return _LoraLinear.apply(x.to(dtype), base.weight.to(dtype), bias, layer.lora_A[name].weight,
+                                 layer.lora_B[name].weight, float(layer.scaling[name]))
+
+
+def use_fused_lora(model: Any) -> int:
+    """Give every PEFT LoRA ``Linear`` of ``model`` the fused forward; returns how many."""
+    from peft.tuners.lora.layer import Linear as LoraLinear
+
+    n = 0
+    for m in model.modules():
+        if type(m) is LoraLinear:  # subclasses (quantised bases) keep their own
+            m.forward = functools.partial(_forward, m)
+            n += 1
+    return n
