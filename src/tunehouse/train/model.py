@@ -21,6 +21,7 @@ from tunehouse.models.logprobs import HEAD_CHUNK, causal_lm, pad_right
 from tunehouse.train.attention import use_varlen
 from tunehouse.train.head import head_cross_entropy
 from tunehouse.train.lora import use_fused_lora
+from tunehouse.train.norm import use_fused_norms
 
 IGNORE_INDEX = -100
 
@@ -41,10 +42,12 @@ def wrap_for_training(model: Any, cfg: TrainConfig) -> Any:
 
 def prepare_for_training(model: Any) -> Any:
     """Switch a (PEFT) model to the engine's fast path, in place: varlen attention for packed
-    rows (``train.attention``), one autograd node per plain LoRA linear (``train.lora``), and
+    rows (``train.attention``), one autograd node per plain LoRA linear (``train.lora``) and
+    per RMSNorm (``train.norm``), and
     LoRA inputs left in the compute dtype under autocast (PEFT would cast each to fp32)."""
     use_varlen(causal_lm(model))
     use_fused_lora(model)
+    use_fused_norms(model)
     for m in model.modules():
         if hasattr(m, "cast_input_dtype_enabled"):
             m.cast_input_dtype_enabled = False
