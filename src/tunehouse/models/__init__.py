@@ -197,6 +197,13 @@ def bf16_is_fast(device: str) -> bool:
     return cpu_has_native_bf16()
 
 
+def vanilla_lora(layer: Any, name: str) -> bool:
+    """Whether adapter ``name`` of a PEFT LoRA layer is plain ``x @ A.T @ B.T * scaling``: no
+    DoRA or other variant, no bias on ``B`` (what training's and serving's fast paths compute)."""
+    return not (name in getattr(layer, "lora_variant", {}) or layer.use_dora.get(name, False)
+                or layer.lora_B[name].bias is not None)
+
+
 def use_attention(model: Any, name: str, attention: Any, mask: Any) -> Any:
     """Register ``attention`` (a transformers attention function) and ``mask`` (the mask
     builder it expects) under ``name``, and switch ``model`` (a ``PreTrainedModel``) to them.

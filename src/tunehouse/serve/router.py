@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from tunehouse.models import vanilla_lora
+
 BASE_ADAPTER = "__base__"  # PEFT's name for "no adapter" in a mixed batch
 KEPT_SETS = 4  # adapter sets whose stacked weights stay built
 
@@ -60,8 +62,7 @@ def is_plain(layer: Any) -> bool:
     names = list(layer.lora_A)
     weights = [layer.lora_A[n].weight for n in names] + [layer.lora_B[n].weight for n in names]
     return not layer.training and not layer.merged and len({w.dtype for w in weights}) <= 1 \
-        and not any(n in getattr(layer, "lora_variant", {}) or layer.use_dora.get(n, False)
-                    or layer.lora_B[n].bias is not None for n in names)
+        and all(vanilla_lora(layer, n) for n in names)
 
 
 def build_stack(layer: Any, adapters: tuple[str, ...]) -> Stack:

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tunehouse.models import vanilla_lora
+
 
 class _LoraLinear(torch.autograd.Function):
     @staticmethod
@@ -66,8 +68,7 @@ def plain_adapter(layer: Any) -> str | None:
     if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
     name = layer.active_adapters[0]
-    if name not in layer.lora_A or name in getattr(layer, "lora_variant", {}) \
-            or layer.use_dora.get(name, False) or layer.lora_B[name].bias is not None \
+    if name not in layer.lora_A or not vanilla_lora(layer, name) \
             or not isinstance(layer.lora_dropout[name], torch.nn.Identity):
         return None
     base = layer.base_layer
