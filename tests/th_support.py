@@ -53,3 +53,41 @@ def children(pid: int) -> list[int]:
         except OSError:
             pass
     return out
+
+
+def lora_model(tok, dtype=None, dropout=0.0):
+    """A tiny random Llama (hidden 64, two layers) with LoRA r=4 on every linear layer, its
+    adapters random (B non-zero, so they change outputs and gradients)."""
+    import torch
+
+    from tunehouse.config import LoraConfig, TrainConfig
+    from tunehouse.models.tiny import build_model
+    from tunehouse.train.model import wrap_for_training
+
+    cfg = TrainConfig(train_file="unused.jsonl", lora=LoraConfig(r=4, alpha=8, dropout=dropout))
+    model = wrap_for_training(build_model(tok, hidden_size=64, seed=7).to(dtype or torch.float32), cfg)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def run(model, ids, autocast=False):
+    """Logits of ``ids`` and the gradients of a fixed function of them."""
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        logits = model(input_ids=ids).logits.float()
+    weights = torch.linspace(-1, 1, logits.shape[-1])
+    (logits * weights).sum().backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def ids_for(tok):
+    import torch
+
+    torch.manual_seed(3)
+    return torch.randint(0, len(tok), (2, 19))

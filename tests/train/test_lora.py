@@ -8,36 +8,8 @@ own bf16 path. Layers PEFT computes differently (dropout, disabled adapters) kee
 import pytest
 import torch
 
-from tunehouse.config import LoraConfig, TrainConfig
-from tunehouse.models.tiny import build_model
+from th_support import ids_for, lora_model, run
 from tunehouse.train.lora import plain_adapter, use_fused_lora
-from tunehouse.train.model import wrap_for_training
-
-
-def lora_model(tok, dtype=torch.float32, dropout=0.0):
-    cfg = TrainConfig(train_file="unused.jsonl", lora=LoraConfig(r=4, alpha=8, dropout=dropout))
-    model = wrap_for_training(build_model(tok, hidden_size=64, seed=7).to(dtype), cfg)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn_like(p) * 0.1)
-    return model
-
-
-def run(model, ids, autocast=False):
-    """Logits of ``ids`` and the gradients of a fixed function of them."""
-    model.zero_grad(set_to_none=True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        logits = model(input_ids=ids).logits.float()
-    weights = torch.linspace(-1, 1, logits.shape[-1])
-    (logits * weights).sum().backward()
-    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
-
-def ids_for(tok):
-    torch.manual_seed(3)
-    return torch.randint(0, len(tok), (2, 19))
 
 
 def test_fp32_matches_peft(tiny_tokenizer):

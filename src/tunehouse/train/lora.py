@@ -28,6 +28,33 @@ import torch.nn.functional as F
 from tunehouse.models import vanilla_lora
 
 
+def lora_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 a_c: torch.Tensor, b_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x2 @ W.T + (x2 @ A.T) @ B.T`` for 2-D ``x2``, ``b_c`` already scaled, all in the
+    compute dtype -> the output and ``x2 @ A.T`` (kept for the backward pass)."""
+    y = F.linear(x2, weight, bias)
+    xa = x2 @ a_c.t()
+    y.addmm_(xa, b_c.t())
+    return y, xa
+
+
+def lora_backward(dy2: torch.Tensor, x2: torch.Tensor, xa: torch.Tensor, weight: torch.Tensor,
+                  a_c: torch.Tensor, b_c: torch.Tensor, scale: float,
+                  want: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of ``lora_forward`` with respect to ``x2``, ``A`` and ``B`` (each only if
+    wanted), the adapters' in fp32."""
+    g = dy2 @ b_c  # the gradient of x @ A.T: (tokens, r)
+    dx = da = db = None
+    if want[0]:
+        dx = dy2 @ weight
+        dx.addmm_(g, a_c)
+    if want[1]:
+        da = (g.t() @ x2).float()
+    if want[2]:
+        db = (dy2.t() @ xa).float().mul_(scale)
+    return dx, da, db
+
+
 class _LoraLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
@@ -37,9 +64,7 @@ class _LoraLinear(torch.autograd.Function):
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         a_c, b_c = a.to(x.dtype), (b * scale).to(x.dtype)
-        y = F.linear(x2, weight, bias)
-        xa = x2 @ a_c.t()
-        y.addmm_(xa, b_c.t())
+        y, xa = lora_forward(x2, weight, bias, a_c, b_c)
         ctx.save_for_backward(x2, xa, weight, a_c, b_c)
         ctx.scale, ctx.lead = scale, lead
         return y.view(*lead, -1)
@@ -49,17 +74,10 @@ class _LoraLinear(torch.autograd.Function):
                                                       torch.Tensor | None, torch.Tensor | None, None]:
         x2, xa, weight, a_c, b_c = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1]).to(x2.dtype)
-        g = dy2 @ b_c  # the gradient of x @ A.T: (tokens, r)
-        dx = da = db = None
-        if ctx.needs_input_grad[0]:
-            dx = dy2 @ weight
-            dx.addmm_(g, a_c)
-            dx = dx.view(*ctx.lead, -1)
-        if ctx.needs_input_grad[3]:
-            da = (g.t() @ x2).float()
-        if ctx.needs_input_grad[4]:
-            db = (dy2.t() @ xa).float().mul_(ctx.scale)
-        return dx, None, None, da, db, None
+        need = ctx.needs_input_grad
+        dx, da, db = lora_backward(dy2, x2, xa, weight, a_c, b_c, ctx.scale,
+                                   (need[0], need[3], need[4]))
+        return None if dx is None else dx.view(*ctx.lead, -1), None, None, da, db, None
 
 
 def plain_adapter(layer: Any) -> str | None:
@@ -77,16 +95,31 @@ def plain_adapter(layer: Any) -> str | None:
     return name
 
 
-def _forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+def fused_args(layer: Any, dtype: torch.dtype) -> tuple[Any, ...] | None:
+    """``(weight, bias, A, B, scaling)`` of a plain PEFT LoRA ``Linear``, the frozen weight and
+    bias in ``dtype``, for ``_LoraLinear`` (or ``train.mlp``); None if its adapter is not plain."""
     name = plain_adapter(layer)
-    if name is None or args or kwargs:
-        return type(layer).forward(layer, x, *args, **kwargs)
-    base, device = layer.base_layer, x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    if name is None:
+        return None
+    base = layer.base_layer
     bias = None if base.bias is None else base.bias.to(dtype)
-    with torch.autocast(device, enabled=False):  # the function chooses its dtypes itself
-        return _LoraLinear.apply(x.to(dtype), base.weight.to(dtype), bias, layer.lora_A[name].weight,
-                                 layer.lora_B[name].weight, float(layer.scaling[name]))
+    return (base.weight.to(dtype), bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
+            float(layer.scaling[name]))
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would compute a matmul of ``x`` in (``x``'s own outside autocast)."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def _forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    dtype = compute_dtype(x)
+    fused = None if args or kwargs else fused_args(layer, dtype)
+    if fused is None:
+        return type(layer).forward(layer, x, *args, **kwargs)
+    with torch.autocast(x.device.type, enabled=False):  # the function chooses its dtypes itself
+        return _LoraLinear.apply(x.to(dtype), *fused)
 
 
 def use_fused_lora(model: Any) -> int:

@@ -137,11 +137,17 @@ def resident_bytes() -> int:
         return 0
 
 
-def keep_heap_blocks(limit: int = 64 << 20) -> None:
+def keep_heap_blocks(limit: int = 64 << 20, keep: int = 1 << 30) -> None:
     """Serve allocations up to ``limit`` bytes from glibc's heap instead of ``mmap`` (glibc's
-    own threshold adapts only up to 32 MB); a no-op without glibc."""
+    own threshold adapts only up to 32 MB), and keep up to ``keep`` freed bytes at the top of
+    each heap instead of 128 KB (with a fixed mmap threshold glibc would otherwise hand the
+    top of a worker's heap back after nearly every row, and the next row fault it in again),
+    so that memory goes back to the system only through ``MemoryReleaser``; a no-op without
+    glibc."""
     try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, limit)  # M_MMAP_THRESHOLD
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, limit)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, keep)  # M_TRIM_THRESHOLD
     except (OSError, AttributeError):
         pass
 

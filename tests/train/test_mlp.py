@@ -1,0 +1,72 @@
+"""The fused SwiGLU MLP (``train.mlp``) must give exactly what the MLP with fused LoRA linears
+gives, forward and backward, keep fewer activations, and leave alone what it does not reproduce."""
+
+import pytest
+import torch
+
+from th_support import ids_for, lora_model, run
+from tunehouse.train.lora import use_fused_lora
+from tunehouse.train.mlp import use_fused_mlps
+
+
+@pytest.mark.parametrize("dtype,autocast", [(torch.float32, False), (torch.bfloat16, True)])
+def test_outputs_and_gradients_bitwise_equal(tiny_tokenizer, dtype, autocast):
+    ids = ids_for(tiny_tokenizer)
+    model = lora_model(tiny_tokenizer, dtype=dtype)
+    for p in model.parameters():  # adapters train in fp32, as in the trainer
+        if p.requires_grad:
+            p.data = p.data.float()
+    use_fused_lora(model)
+    ref_out, ref_grads = run(model, ids, autocast)
+    assert use_fused_mlps(model) == 2  # one MLP per decoder layer
+    out, grads = run(model, ids, autocast)
+    assert torch.equal(out, ref_out)
+    assert grads.keys() == ref_grads.keys()
+    for name, g in grads.items():
+        assert torch.equal(g, ref_grads[name]), name
+
+
+def saved_bytes(fn):
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def test_keeps_only_gate_and_up(tiny_tokenizer):
+    mlp = lora_model(tiny_tokenizer).get_base_model().model.layers[0].mlp
+    use_fused_lora(mlp)
+    x = torch.randn(1, 50, 64, requires_grad=True)
+    before = saved_bytes(lambda: mlp(x))
+    assert use_fused_mlps(mlp) == 1
+    after = saved_bytes(lambda: mlp(x))
+    inter = 50 * 128 * 4  # one (tokens, intermediate) fp32 tensor
+    assert before - after >= 2 * inter  # the SiLU output and the product are no longer kept
+
+
+def test_not_plain_down_projection_keeps_transformers_forward(tiny_tokenizer):
+    model = lora_model(tiny_tokenizer, dropout=0.1)  # dropout: not a plain adapter
+    use_fused_lora(model)
+    assert use_fused_mlps(model) == 0
+    model = lora_model(tiny_tokenizer)
+    use_fused_lora(model)
+    assert use_fused_mlps(model) == 2
+    mlp = model.get_base_model().model.layers[0].mlp
+    x = torch.randn(1, 7, 64)
+    with torch.no_grad(), model.disable_adapter():  # per call: DPO's reference model
+        assert torch.equal(mlp(x), mlp.down_proj.base_layer(
+            mlp.act_fn(mlp.gate_proj.base_layer(x)) * mlp.up_proj.base_layer(x)))
+
+
+def test_other_activations_left_alone(tiny_tokenizer):
+    model = lora_model(tiny_tokenizer)
+    use_fused_lora(model)
+    for layer in model.get_base_model().model.layers:
+        layer.mlp.act_fn = torch.nn.GELU()
+    assert use_fused_mlps(model) == 0
