@@ -2,7 +2,7 @@
 
 PyTorch's CPU flash-attention kernel spends most of its time in its backward pass (about a
 fifth of a LoRA training step on SmolLM2). Here both passes are a few batched matmuls per
-block of 64 query positions, the operands in the compute dtype (bf16 under autocast; the
+block of 128 query positions, the operands in the compute dtype (bf16 under autocast; the
 matmuls accumulate in fp32), each block's softmax and its backward one fused kernel that
 computes in fp32:
 
@@ -10,7 +10,7 @@ computes in fp32:
   of one matrix, so one matmul serves the whole group and nothing expands keys or values.
 * A block of queries only meets the keys up to its own end (causal): about half of the score
   matrix is never computed, and only one block's scores exist at a time
-  (``64 x heads x length``), never the whole ``length x length`` matrix.
+  (``128 x heads x length``), never the whole ``length x length`` matrix.
 * Examples up to ``KEEP_MAX`` tokens keep their blocks' probabilities (in the compute dtype)
   for the backward pass; longer ones recompute them there, as FlashAttention does, so the
   memory kept stays linear in the row's length beyond that.
