@@ -197,6 +197,15 @@ def bf16_is_fast(device: str) -> bool:
     return cpu_has_native_bf16()
 
 
+def compute_dtype(x: Any) -> Any:
+    """The dtype autocast would compute a matmul of tensor ``x`` in (``x``'s own outside
+    autocast): what the engine's own autograd functions, which run with autocast off, cast to."""
+    import torch
+
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def vanilla_lora(layer: Any, name: str) -> bool:
     """Whether adapter ``name`` of a PEFT LoRA layer is plain ``x @ A.T @ B.T * scaling``: no
     DoRA or other variant, no bias on ``B`` (what training's and serving's fast paths compute)."""

@@ -27,6 +27,8 @@ from typing import Any
 
 import torch
 
+from tunehouse.models import compute_dtype
+
 BLOCK = 128  # query positions per block: fewer, larger matmuls; scores stay within L2
 KEEP_MAX = 512  # examples up to this length keep their probabilities for the backward pass
 
@@ -145,6 +147,6 @@ def packed_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b
     transformers' ``repeat_kv``) -> (tokens, heads, dim). Under CPU autocast the inputs are
     cast to its dtype; otherwise the attention runs in the dtype of ``q``.
     """
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    dtype = compute_dtype(q)
     with torch.autocast("cpu", enabled=False):  # the kernel chooses its dtypes itself
         return _PackedCausalAttention.apply(q.to(dtype), k.to(dtype), v.to(dtype), bounds, scale)

@@ -25,17 +25,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunehouse.models import vanilla_lora
+from tunehouse.models import compute_dtype, vanilla_lora
 
 
 def lora_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 a_c: torch.Tensor, b_c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``x2 @ W.T + (x2 @ A.T) @ B.T`` for 2-D ``x2``, ``b_c`` already scaled, all in the
-    compute dtype -> the output and ``x2 @ A.T`` (kept for the backward pass)."""
+                 a: torch.Tensor, b: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...]:
+    """``x2 @ W.T + (x2 @ A.T) @ (B * scale).T`` for 2-D ``x2`` in the compute dtype (``weight``
+    and ``bias`` already in it, the adapter cast here) -> the output, ``x2 @ A.T`` and the cast
+    ``A`` and scaled ``B`` (all three kept for ``lora_backward``)."""
+    a_c, b_c = a.to(x2.dtype), (b * scale).to(x2.dtype)
     y = F.linear(x2, weight, bias)
     xa = x2 @ a_c.t()
     y.addmm_(xa, b_c.t())
-    return y, xa
+    return y, xa, a_c, b_c
 
 
 def lora_backward(dy2: torch.Tensor, x2: torch.Tensor, xa: torch.Tensor, weight: torch.Tensor,
@@ -63,8 +65,7 @@ class _LoraLinear(torch.autograd.Function):
         ``b`` (out, r) the adapter's weights in their own dtype -> (..., out)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        a_c, b_c = a.to(x.dtype), (b * scale).to(x.dtype)
-        y, xa = lora_forward(x2, weight, bias, a_c, b_c)
+        y, xa, a_c, b_c = lora_forward(x2, weight, bias, a, b, scale)
         ctx.save_for_backward(x2, xa, weight, a_c, b_c)
         ctx.scale, ctx.lead = scale, lead
         return y.view(*lead, -1)
@@ -82,8 +83,8 @@ class _LoraLinear(torch.autograd.Function):
 
 def plain_adapter(layer: Any) -> str | None:
     """The one active adapter of a PEFT LoRA ``Linear`` if ``_LoraLinear`` computes exactly
-    what PEFT would, else None."""
-    if layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
+    what PEFT would, else None (also for a layer without LoRA adapters)."""
+    if not hasattr(layer, "lora_A") or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
     name = layer.active_adapters[0]
     if name not in layer.lora_A or not vanilla_lora(layer, name) \
@@ -105,12 +106,6 @@ def fused_args(layer: Any, dtype: torch.dtype) -> tuple[Any, ...] | None:
     bias = None if base.bias is None else base.bias.to(dtype)
     return (base.weight.to(dtype), bias, layer.lora_A[name].weight, layer.lora_B[name].weight,
             float(layer.scaling[name]))
-
-
-def compute_dtype(x: torch.Tensor) -> torch.dtype:
-    """The dtype autocast would compute a matmul of ``x`` in (``x``'s own outside autocast)."""
-    device = x.device.type
-    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
 
 
 def _forward(layer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:

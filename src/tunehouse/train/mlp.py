@@ -23,7 +23,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunehouse.train.lora import compute_dtype, fused_args, lora_backward, lora_forward
+from tunehouse.models import compute_dtype
+from tunehouse.train.lora import fused_args, lora_backward, lora_forward, plain_adapter
 
 
 class _SwiGLUDown(torch.autograd.Function):
@@ -35,8 +36,7 @@ class _SwiGLUDown(torch.autograd.Function):
         ``weight`` (hidden, inter) and adapter ``a`` (r, inter), ``b`` (hidden, r) -> (..., hidden)."""
         lead = gate.shape[:-1]
         g2, u2 = gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1])
-        a_c, b_c = a.to(gate.dtype), (b * scale).to(gate.dtype)
-        y, xa = lora_forward(F.silu(g2) * u2, weight, bias, a_c, b_c)
+        y, xa, a_c, b_c = lora_forward(F.silu(g2) * u2, weight, bias, a, b, scale)
         ctx.save_for_backward(g2, u2, xa, weight, a_c, b_c)
         ctx.scale, ctx.lead = scale, lead
         return y.view(*lead, -1)
@@ -58,11 +58,11 @@ class _SwiGLUDown(torch.autograd.Function):
 
 
 def _forward(mlp: Any, x: torch.Tensor) -> torch.Tensor:
-    fused = fused_args(mlp.down_proj, compute_dtype(x)) if hasattr(mlp.down_proj, "lora_A") else None
+    dtype = compute_dtype(x)
+    fused = fused_args(mlp.down_proj, dtype)
     if fused is None:
         return type(mlp).forward(mlp, x)
     gate, up = mlp.gate_proj(x), mlp.up_proj(x)
-    dtype = fused[0].dtype
     with torch.autocast(x.device.type, enabled=False):  # the function chooses its dtypes itself
         return _SwiGLUDown.apply(gate.to(dtype), up.to(dtype), *fused)
 
@@ -77,7 +77,7 @@ def _same_output(mlp: Any) -> bool:
     """Whether the fused forward applies to ``mlp`` and reproduces its own exactly on a probe
     input, with and without bf16 autocast."""
     down = mlp.down_proj
-    if not hasattr(down, "lora_A") or fused_args(down, down.base_layer.weight.dtype) is None:
+    if plain_adapter(down) is None:
         return False
     weight = down.base_layer.weight
     gen = torch.Generator().manual_seed(0)
