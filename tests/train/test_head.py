@@ -59,3 +59,23 @@ def test_no_grad_and_frozen_inputs_keep_no_gradient():
     ref, ref_correct = reference(h, w, y)
     assert float(loss) == pytest.approx(float(ref), rel=1e-6) and correct == ref_correct
     assert not loss.requires_grad
+
+
+@pytest.mark.parametrize("flush", [False, True])  # training flushes denormals to zero
+def test_a_target_whose_probability_underflows_keeps_an_exact_finite_loss(flush):
+    h, w, y = inputs(n=20, d=16, vocab=300, seed=2)
+    w[y[3]] = -200 * h[3] / h[3].norm() ** 2  # target logit -200: its probability is 0 in fp32
+    w[y[7]] = -92 * h[7] / h[7].norm() ** 2  # -92: a denormal probability, or 0 when flushed
+    torch.set_flush_denormal(flush)
+    try:
+        hh = h.clone().requires_grad_()
+        loss, _ = head_cross_entropy(hh, w, y)
+        loss.backward()
+    finally:
+        torch.set_flush_denormal(False)
+    ref_h = h.clone().requires_grad_()
+    ref, _ = reference(ref_h, w, y)
+    ref.backward()
+    assert torch.isfinite(loss) and float(loss) == pytest.approx(float(ref), rel=1e-6)
+    assert float(loss) > 290  # the two far-off targets alone: both rows took the exact path
+    assert torch.allclose(hh.grad, ref_h.grad, rtol=1e-5, atol=1e-6)

@@ -16,7 +16,7 @@ from tunehouse.config import LoraConfig, TrainConfig
 from tunehouse.errors import InvalidRequest
 from tunehouse.train.loop import train
 from tunehouse.train.model import pack, packed_token_loss
-from tunehouse.train.parallel import StepWorkers, worker_count
+from tunehouse.train.parallel import MemoryReleaser, StepWorkers, worker_count
 
 
 def trainable(model):
@@ -119,3 +119,17 @@ def test_training_with_one_or_two_workers_gives_the_same_adapter(tiny_model_dir,
     assert r1.metrics["train_loss"] == pytest.approx(r2.metrics["train_loss"], rel=1e-4)
     for name in w1:  # the same rows on either worker count, gradients summed in row order
         assert torch.equal(w1[name], w2[name]), name
+
+
+def test_memory_is_released_above_the_working_set_measured_again_after_each_release():
+    # resident GB at the end of each step: a small first step, then a working set of ~3.2
+    seq = iter([2.0, 2.2, 2.5, 3.2, 3.3, 3.5, 3.9, 3.3, 3.9, 4.0])
+    released: list[int] = []
+    step = 0
+    releaser = MemoryReleaser(1.2, resident=lambda: int(next(seq) * 1e9),
+                              release=lambda: released.append(step))
+    for step in range(10):
+        releaser()
+    # 2.5 > 1.2 x 2.0; then the mark is the next step's 3.2 (not the first step's 2.0, which
+    # would release after every later step) and 3.9 > 3.84; then max(3.2, 3.3): 4.0 > 3.96
+    assert released == [2, 6, 9] and releaser.releases == 3
