@@ -123,12 +123,16 @@ def test_training_with_one_or_two_workers_gives_the_same_adapter(tiny_model_dir,
 
 def test_memory_is_released_above_the_working_set_measured_again_after_each_release():
     # resident GB at the end of each step: a small first step, then a working set of ~3.2
-    seq = iter([2.0, 2.2, 2.5, 3.2, 3.3, 3.5, 3.9, 3.3, 3.9, 4.0])
+    values = [2.0, 2.2, 2.5, 3.2, 3.3, 3.5, 3.9, 3.3, 3.9, 4.0]
+    seen: list[float] = []
     released: list[int] = []
-    step = 0
-    releaser = MemoryReleaser(1.2, resident=lambda: int(next(seq) * 1e9),
-                              release=lambda: released.append(step))
-    for step in range(10):
+
+    def resident() -> int:
+        seen.append(values[len(seen)])
+        return int(seen[-1] * 1e9)
+
+    releaser = MemoryReleaser(1.2, resident=resident, release=lambda: released.append(len(seen) - 1))
+    for _ in values:
         releaser()
     # 2.5 > 1.2 x 2.0; then the mark is the next step's 3.2 (not the first step's 2.0, which
     # would release after every later step) and 3.9 > 3.84; then max(3.2, 3.3): 4.0 > 3.96
