@@ -61,12 +61,12 @@ def test_no_grad_and_frozen_inputs_keep_no_gradient():
     assert not loss.requires_grad
 
 
-@pytest.mark.parametrize("flush", [False, True])  # training flushes denormals to zero
+@pytest.mark.parametrize("flush", [False, True])  # as with torch.set_flush_denormal(True)
 def test_a_target_whose_probability_underflows_keeps_an_exact_finite_loss(flush):
     h, w, y = inputs(n=20, d=16, vocab=300, seed=2)
     w[y[3]] = -200 * h[3] / h[3].norm() ** 2  # target logit -200: its probability is 0 in fp32
     w[y[7]] = -92 * h[7] / h[7].norm() ** 2  # -92: a denormal probability, or 0 when flushed
-    torch.set_flush_denormal(flush)
+    torch.set_flush_denormal(flush)  # process-wide; off is the default, restored below
     try:
         hh = h.clone().requires_grad_()
         loss, _ = head_cross_entropy(hh, w, y)
