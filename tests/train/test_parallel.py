@@ -136,4 +136,4 @@ def test_memory_is_released_above_the_working_set_measured_again_after_each_rele
         releaser()
     # 2.5 > 1.2 x 2.0; then the mark is the next step's 3.2 (not the first step's 2.0, which
     # would release after every later step) and 3.9 > 3.84; then max(3.2, 3.3): 4.0 > 3.96
-    assert released == [2, 6, 9] and releaser.releases == 3
+    assert released == [2, 6, 9]

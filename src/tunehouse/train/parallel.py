@@ -130,7 +130,6 @@ class MemoryReleaser:
         self.growth, self.mark, self.measure = growth, 0, True
         self.resident = resident or resident_bytes
         self.release = release or release_memory
-        self.releases = 0
 
     def __call__(self) -> None:
         rss = self.resident()
@@ -138,7 +137,6 @@ class MemoryReleaser:
             self.mark, self.measure = max(self.mark, rss), False
         elif rss > self.mark * self.growth:
             self.release()
-            self.releases += 1
             self.measure = True
 
 
