@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from tunehouse.models import compute_dtype
 from tunehouse.train.lora import fused_args, lora_backward, lora_forward, plain_adapter
+from tunehouse.train.probe import reproduces
 
 
 class _SwiGLUDown(torch.autograd.Function):
@@ -75,17 +76,14 @@ def _is_swiglu(module: Any) -> bool:
 
 def _same_output(mlp: Any) -> bool:
     """Whether the fused forward applies to ``mlp`` and reproduces its own exactly on a probe
-    input, with and without bf16 autocast."""
+    input (``train.probe``)."""
     down = mlp.down_proj
     if plain_adapter(down) is None:
         return False
     weight = down.base_layer.weight
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 5, down.out_features, generator=gen).to(weight.device, weight.dtype)
-    with torch.no_grad():
-        same = torch.equal(type(mlp).forward(mlp, x), _forward(mlp, x))
-        with torch.autocast(x.device.type, dtype=torch.bfloat16):
-            return same and torch.equal(type(mlp).forward(mlp, x), _forward(mlp, x))
+    return reproduces(mlp, functools.partial(_forward, mlp), x)
 
 
 def use_fused_mlps(model: Any) -> int:
