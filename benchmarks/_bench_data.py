@@ -163,6 +163,16 @@ def machine() -> dict[str, Any]:
             "load_average": list(os.getloadavg()), "cuda": torch.cuda.is_available()}
 
 
+def pytorch_cache_defaults() -> None:
+    """Undo the kernel-cache bounds that importing tunehouse set (``tunehouse/__init__.py``) in
+    this process and the processes it starts: the baseline runs keep PyTorch's defaults, as
+    their users have them. Call it before torch's first matmul (when the capacities are read)."""
+    import tunehouse
+
+    for name in tunehouse.BOUNDED_CACHES:
+        os.environ.pop(name, None)
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident memory (Linux reports kilobytes)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

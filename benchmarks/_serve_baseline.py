@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _bench_data import cpu_seconds, peak_rss_mb  # noqa: E402
+from _bench_data import cpu_seconds, peak_rss_mb, pytorch_cache_defaults  # noqa: E402
 
 END_OF_TURN = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>",
                "<|end|>", "</s>")
@@ -63,6 +63,7 @@ def load_merged(adapter: str) -> tuple[Any, Any, list[int]]:
 
     from tunehouse import models
 
+    pytorch_cache_defaults()
     source = models.resolve(adapter)
     base_dir = models.resolve(source.adapter_of).path
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _bench_data import cpu_seconds, peak_rss_mb, read_jsonl, set_threads  # noqa: E402
+from _bench_data import cpu_seconds, peak_rss_mb, pytorch_cache_defaults, read_jsonl, set_threads  # noqa: E402
 
 # SmolLM2's own template, with the assistant's content and end-of-turn marked as trained.
 CHATML_TRAINING = (
@@ -83,6 +83,8 @@ def build_trainer(variant: str, args: argparse.Namespace, workdir: str):
     from trl import SFTTrainer
 
     from tunehouse.train.hparams import lr_at
+
+    pytorch_cache_defaults()
 
     class Clock(TrainerCallback):
         """Wall time of the training loop: from just before the first step to the last step's end."""

@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _bench_data import machine  # noqa: E402
+from _bench_data import machine, pytorch_cache_defaults  # noqa: E402
 from _serve_api import BASE_MODEL, Server, make_adapters, measure_serving, prepare_home  # noqa: E402
 
 CLIENTS = 8
@@ -253,6 +253,7 @@ def run_baseline(adapter: str, prompts_file: Path, args: argparse.Namespace, wor
 
 def main() -> None:
     args = parse_args()
+    pytorch_cache_defaults()  # the baseline process as its users have it; tunehouse sets its own
     if args.report:
         print(table(summarise(json.loads(Path(args.report).read_text()))))
         return

@@ -39,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from _bench_data import machine, make_dataset, token_stats, write_jsonl  # noqa: E402
+from _bench_data import machine, make_dataset, pytorch_cache_defaults, token_stats, write_jsonl  # noqa: E402
 
 RUNS = {
     "a": ("TRL defaults", "SFTTrainer + peft defaults: fp32 weights, bf16 autocast, gradient checkpointing, "
@@ -164,6 +164,7 @@ def main() -> None:
         return
     from tunehouse import models
 
+    pytorch_cache_defaults()  # the TRL runs as their users have them; tunehouse sets its own
     source = models.resolve(None)
     tok = models.load_tokenizer(source)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="tunehouse-bench-"))
