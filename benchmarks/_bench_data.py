@@ -179,9 +179,93 @@ def peak_rss_mb() -> float:
 
 
 def cpu_seconds() -> float:
-    """CPU time (user + system) this process has used: less sensitive than wall time to a busy machine."""
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+    """CPU time (user + system) this process and its child processes (running or ended) have
+    used: less sensitive than wall time to a busy machine."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):  # children: ended and waited for
+        ru = resource.getrusage(who)
+        total += ru.ru_utime + ru.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in child_pids():
+        try:  # utime and stime: fields 14 and 15, after the parenthesised command name
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            pass
+    return total
+
+
+def child_pids(pid: int | str = "self") -> list[int]:
+    """The running child processes of ``pid`` (Linux; none elsewhere)."""
+    out: list[int] = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            out += [int(x) for x in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def _rollup(pid: int | str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    except OSError:
+        pass
+    return out
+
+
+class TreeMemory:
+    """Peak resident memory of this process and its worker processes together.
+
+    A forked worker shares the pages it has not written with its parent (the frozen weights,
+    most of the interpreter), so adding the workers' resident sets would count those several
+    times. What the process tree holds is this process's resident set plus each worker's pages
+    that it does not share. A thread samples every resident set ten times a second
+    (``/proc/<pid>/statm``: counters, cheap); each worker's shared pages are measured from its
+    page tables (``smaps_rollup``) only when ``shared()`` is called, between steps, and the
+    smallest measure is taken for all samples, which errs towards more memory. Walking a
+    process's page tables while it computes slows it down (about 12% at five walks a second),
+    hence not from the thread. ``peak_mb()`` is at least this process's ``ru_maxrss``.
+    """
+
+    def __init__(self, interval: float = 0.1):
+        import threading
+
+        self.samples: list[tuple[int, dict[int, int]]] = []
+        self.min_shared: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval: float) -> None:
+        while not self._stop.is_set():
+            self.samples.append((_statm_rss("self"), {pid: _statm_rss(pid) for pid in child_pids()}))
+            self._stop.wait(interval)
+
+    def shared(self) -> None:
+        """Measure the running workers' shared pages (call while they are idle)."""
+        for pid in child_pids():
+            r = _rollup(pid)
+            shared = r.get("Shared_Clean", 0) + r.get("Shared_Dirty", 0)
+            self.min_shared[pid] = min(self.min_shared.get(pid, shared), shared)
+
+    def peak_mb(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        peak = max((own + sum(max(0, rss - self.min_shared.get(pid, 0)) for pid, rss in kids.items())
+                    for own, kids in self.samples), default=0)
+        return max(peak / 2**20, peak_rss_mb())
+
+
+def _statm_rss(pid: int | str) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def set_threads() -> int:

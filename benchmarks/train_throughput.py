@@ -13,8 +13,9 @@ long-tailed chat data set (``_bench_data.py``; fixed seed, nothing downloaded). 
   (c) tunehouse ``train``                               (``_tunehouse_run.py``)
 
 Each run is its own process with torch threads = cores; it reports trained (non-padding)
-tokens / wall time of its training loop (model load excluded), its CPU time, and its peak
-resident memory (``ru_maxrss``). Afterwards one evaluator (``_bench_eval.py loss``) scores every
+tokens / wall time of its training loop (model load excluded), its CPU time and its peak
+resident memory (``ru_maxrss``; for tunehouse, its worker processes' own pages added:
+``_bench_data.TreeMemory``). Afterwards one evaluator (``_bench_eval.py loss``) scores every
 adapter on the same assistant tokens, and the bf16 matmul ceiling is measured at the model's
 shapes (``_bench_eval.py ceiling``). Results: a markdown table on stdout and a JSON file in
 ``benchmarks/results/``. Timings are only meaningful on an otherwise idle machine: the load

@@ -1,11 +1,13 @@
-"""Data-parallel worker threads must give the gradients of one sequential pass, deterministically.
+"""Data-parallel worker processes must give the gradients of one sequential pass, deterministically.
 
-``train.parallel.StepWorkers`` runs a step's packed rows on worker threads (one intra-op thread
-each) and sums their gradients in row order; a wrong sum, a lost row, a race on ``.grad`` or
-autocast/grad mode not reaching the threads shows up here.
+``train.parallel.StepWorkers`` runs a step's packed rows in worker processes forked from the
+test (one intra-op thread each) and sums their gradients in row order; a wrong sum, a lost row,
+a gradient that does not make it through the pipe, parameters that the workers do not see
+updated, or a worker that does not report its error or death shows up here.
 """
 
-import threading
+import os
+import signal
 
 import pytest
 import torch
@@ -16,23 +18,42 @@ from tunehouse.config import LoraConfig, TrainConfig
 from tunehouse.errors import InvalidRequest
 from tunehouse.train.loop import train
 from tunehouse.train.model import pack, packed_token_loss
-from tunehouse.train.parallel import MemoryReleaser, StepWorkers, worker_count
+from tunehouse.train.parallel import MemoryReleaser, StepWorkers, WorkerDied, worker_count
 
 
 def trainable(model):
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def step_grads(model, workers, rows, scale=10.0):
+class Owner:
+    """What a trainer is to its workers: methods that compute an item."""
+
+    def __init__(self, model=None, scale=10.0):
+        self.model, self.scale = model, scale
+
+    def row_loss(self, packed):
+        loss, n, _ = packed_token_loss(self.model, packed)
+        return loss / self.scale, (float(loss.detach()), n, os.getpid())
+
+    def double(self, x, fail_on=None):
+        if x == fail_on:
+            raise InvalidRequest(f"bad item {x}", param="x")
+        return x * 2
+
+    def threads(self, _):
+        return torch.get_num_threads(), torch.is_grad_enabled(), os.getpid()
+
+    def die(self, x):
+        if x == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return x
+
+
+def step_grads(model, workers, rows):
     """Gradients of the summed (scaled) packed losses of ``rows`` computed by ``workers``."""
     for p in trainable(model):
         p.grad = None
-
-    def loss_of(packed):
-        loss, n, _ = packed_token_loss(model, packed)
-        return loss / scale, (float(loss.detach()), n, threading.current_thread().name)
-
-    stats = workers.gradients(rows, loss_of, trainable(model))
+    stats = workers.gradients("row_loss", rows)
     return [p.grad.clone() for p in trainable(model)], stats
 
 
@@ -43,7 +64,7 @@ def test_worker_count():
     assert worker_count("cpu", False, 64) == torch.get_num_threads()
 
 
-def test_two_workers_match_one_sequential_pass_and_are_deterministic(tiny_tokenizer):
+def test_two_workers_match_one_sequential_pass_and_see_parameter_updates(tiny_tokenizer):
     from tunehouse.train.attention import use_varlen
     from tunehouse.train.model import causal_lm
 
@@ -51,50 +72,66 @@ def test_two_workers_match_one_sequential_pass_and_are_deterministic(tiny_tokeni
     use_varlen(causal_lm(model))
     exs = examples(tiny_tokenizer)
     rows = [pack(exs[:2]), pack(exs[2:3]), pack(exs[3:]), pack(exs[1:2])]
+    owner = Owner(model)
 
-    one = StepWorkers(1)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each worker runs: intra-op threads may split matmuls differently
-    try:
-        ref, ref_stats = step_grads(model, one, rows)
-    finally:
-        torch.set_num_threads(threads)
-    two = StepWorkers(2)
+    def sequential():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as each worker runs: intra-op threads may split matmuls differently
+        try:
+            return step_grads(model, StepWorkers(1, owner, lambda: trainable(model)), rows)
+        finally:
+            torch.set_num_threads(threads)
+
+    ref, ref_stats = sequential()
+    two = StepWorkers(2, owner, lambda: trainable(model))
     try:
         got, stats = step_grads(model, two, rows)
         again, _ = step_grads(model, two, rows)
+        with torch.no_grad():  # as the optimiser does, in place: the workers must compute with it
+            for p in trainable(model):
+                p.add_(0.05)
+        moved, moved_stats = step_grads(model, two, rows)
     finally:
         two.close()
+    ref_moved, ref_moved_stats = sequential()
     assert [s[:2] for s in stats] == [s[:2] for s in ref_stats]  # item order kept
-    assert len({s[2] for s in stats}) == 2  # both workers ran rows
-    assert all(s[2] == threading.current_thread().name for s in ref_stats)
+    assert len({s[2] for s in stats}) == 2 and os.getpid() not in {s[2] for s in stats}
     for a, b, c in zip(got, ref, again):
-        assert torch.allclose(a, b, rtol=1e-6, atol=1e-9)  # the sums of one sequential pass
-        assert torch.equal(a, c)  # in the same order every time
+        assert torch.equal(a, b)  # the sums of one sequential pass, in the same order
+        assert torch.equal(a, c)
+    assert [s[0] for s in moved_stats] == [s[0] for s in ref_moved_stats] != [s[0] for s in stats]
+    for a, b in zip(moved, ref_moved):
+        assert torch.equal(a, b)
 
 
-def test_workers_run_single_threaded_and_close_restores_threads(tiny_tokenizer):
-    before = torch.get_num_threads()
-    workers = StepWorkers(2)
-    barrier = threading.Barrier(2)  # both items must run at once, on two threads
-    seen = workers.map([0, 1], lambda _: (barrier.wait(), torch.get_num_threads(), torch.is_grad_enabled())[1:])
-    workers.close()
-    assert seen == [(max(1, before // 2), True)] * 2
-    assert torch.get_num_threads() == before
-
-
-def test_an_error_in_a_worker_reaches_the_caller_and_the_pool_still_works():
-    workers = StepWorkers(2)
-
-    def fail_on_three(x):
-        if x == 3:
-            raise InvalidRequest("bad item 3", param="x")
-        return x * 2
-
+def test_workers_run_single_threaded_processes():
+    workers = StepWorkers(2, Owner(), list)
     try:
-        with pytest.raises(InvalidRequest, match="bad item 3"):
-            workers.map([1, 3, 2], fail_on_three)
-        assert workers.map([1, 2, 4], fail_on_three) == [2, 4, 8]
+        seen = workers.map("threads", list(range(6)))
+    finally:
+        workers.close()
+    per = max(1, torch.get_num_threads() // 2)
+    assert {s[:2] for s in seen} == {(per, True)}
+    assert os.getpid() not in {s[2] for s in seen}
+
+
+def test_an_error_in_a_worker_reaches_the_caller_and_the_workers_still_work():
+    workers = StepWorkers(2, Owner(), list)
+    try:
+        with pytest.raises(InvalidRequest, match="bad item 3") as info:
+            workers.map("double", [1, 3, 2], 3)
+        assert info.value.param == "x"
+        assert workers.map("double", [1, 2, 4]) == [2, 4, 8]
+    finally:
+        workers.close()
+
+
+def test_a_worker_that_dies_is_an_error_not_a_hang():
+    workers = StepWorkers(2, Owner(), list)
+    try:
+        with pytest.raises(WorkerDied, match="ended unexpectedly"):
+            workers.map("die", [0, 1, 2, 3])
+        assert workers.map("double", [5]) == [10]  # started afresh
     finally:
         workers.close()
 

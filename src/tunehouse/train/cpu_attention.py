@@ -30,7 +30,7 @@ import torch
 from tunehouse.models import compute_dtype
 
 BLOCK = 128  # query positions per block: fewer, larger matmuls; scores stay within L2
-KEEP_MAX = 512  # examples up to this length keep their probabilities for the backward pass
+KEEP_MAX = 1024  # examples up to this length keep their probabilities for the backward pass
 
 
 class _PackedCausalAttention(torch.autograd.Function):

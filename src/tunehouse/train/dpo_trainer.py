@@ -102,14 +102,7 @@ class DpoTrainer(Trainer):
         mbs = sorted(micro_batches(batch, self._lengths, budget),
                      key=lambda mb: -len(mb) * max(self._lengths[i] for i in mb))
 
-        def loss_of(mb: list[int]) -> tuple[torch.Tensor, tuple[dict[str, float], int]]:
-            pairs = [self.train_set[i] for i in mb]
-            with self.autocast():
-                pc, pr = pair_logps(self.model, pairs, self.tokenizer.pad_token_id, self.device)
-            losses, stats = self._losses(pairs, pc, pr)
-            return losses.sum() / len(batch), (stats, sum(p.n_tokens for p in pairs))
-
-        results = self.workers.gradients(mbs, loss_of, self._trainable)
+        results = self.workers.gradients("_pairs_loss", mbs, len(batch))
         sums = {k: sum(stats[k] for stats, _ in results) for k in ("loss", *EXTRA_KEYS)}
         tokens = sum(n for _, n in results)
         torch.nn.utils.clip_grad_norm_(self._trainable, self.cfg.max_grad_norm)
@@ -126,6 +119,16 @@ class DpoTrainer(Trainer):
         if self.valid_set and st.step % hp.eval_every == 0:
             row.update(self._valid_batch())
         return row
+
+    def _pairs_loss(self, mb: list[int], batch_size: int
+                    ) -> tuple[torch.Tensor, tuple[dict[str, float], int]]:
+        """A micro-batch's summed DPO loss over the step's ``batch_size`` pairs (run by a worker),
+        its metrics and its tokens."""
+        pairs = [self.train_set[i] for i in mb]
+        with self.autocast():
+            pc, pr = pair_logps(self.model, pairs, self.tokenizer.pad_token_id, self.device)
+        losses, stats = self._losses(pairs, pc, pr)
+        return losses.sum() / batch_size, (stats, sum(p.n_tokens for p in pairs))
 
     # ----- validation -----------------------------------------------------------------------
     @torch.no_grad()

@@ -80,7 +80,8 @@ class Trainer:
         self.state = RunState()
         self.metrics = MetricsLog(self._prepare_out())
         self.autocast = lambda: autocast_context(cfg.precision, self.device)
-        self.workers = StepWorkers(worker_count(self.device, cfg.full, self.hp.batch_size))
+        self.workers = StepWorkers(worker_count(self.device, cfg.full, self.hp.batch_size), self,
+                                   lambda: self._trainable)
         self._valid_cursor = 0
         self.release_memory = MemoryReleaser()
         if self.device == "cpu":
@@ -187,14 +188,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         n_targets = sum(self.train_set[i].n_targets for i in batch)
-
-        def loss_of(packed: Packed) -> tuple[torch.Tensor, tuple[float, int, int]]:
-            with self.autocast():
-                loss, _, c = packed_token_loss(self.model, packed.to(self.device))
-            return loss / n_targets, (float(loss.detach()), c, packed.tokens)
-
-        stats = self.workers.gradients(self._rows(batch, self.train_set), loss_of,
-                                       self._trainable)
+        stats = self.workers.gradients("_row_loss", self._rows(batch, self.train_set), n_targets)
         loss_sum, correct, tokens = (sum(col) for col in zip(*stats))
         torch.nn.utils.clip_grad_norm_(self._trainable, self.cfg.max_grad_norm)
         self.opt.step()
@@ -210,6 +204,13 @@ class Trainer:
         if self.valid_set and st.step % hp.eval_every == 0:
             row.update(self._valid_batch())
         return row
+
+    def _row_loss(self, packed: Packed, n_targets: int) -> tuple[torch.Tensor, tuple[float, int, int]]:
+        """A packed row's loss over the step's ``n_targets`` trained tokens (run by a worker)
+        and its summed loss, tokens predicted right and tokens."""
+        with self.autocast():
+            loss, _, c = packed_token_loss(self.model, packed.to(self.device))
+        return loss / n_targets, (float(loss.detach()), c, packed.tokens)
 
     @property
     def _trainable(self) -> list[torch.Tensor]:
@@ -237,17 +238,19 @@ class Trainer:
         return TOKEN_BUDGET if self.device.startswith("cuda") else CPU_ROW_TOKENS
 
     # ----- validation -----------------------------------------------------------------------
-    def _loss_over(self, idx: list[int]) -> tuple[float, float]:
-        def loss_of(packed: Packed) -> tuple[float, int, int]:
-            with torch.no_grad(), self.autocast():  # per thread: workers do not inherit it
-                loss, n, c = packed_token_loss(self.model, packed.to(self.device))
-            return float(loss), n, c
-
+    def _row_valid(self, packed: Packed) -> tuple[float, int, int]:
+        """A validation row's summed loss, trained tokens and tokens predicted right (run by a
+        worker, in evaluation mode there)."""
         self.model.eval()
         try:
-            stats = self.workers.map(self._rows(idx, self.valid_set), loss_of)
+            with torch.no_grad(), self.autocast():
+                loss, n, c = packed_token_loss(self.model, packed.to(self.device))
         finally:
             self.model.train()
+        return float(loss), n, c
+
+    def _loss_over(self, idx: list[int]) -> tuple[float, float]:
+        stats = self.workers.map("_row_valid", self._rows(idx, self.valid_set))
         total, n_all, c_all = (sum(col) for col in zip(*stats))
         return total / max(1, n_all), c_all / max(1, n_all)
 

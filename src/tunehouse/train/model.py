@@ -87,6 +87,15 @@ class Packed:
     def tokens(self) -> int:
         return int(self.input_ids.shape[1])
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled as numpy arrays: a plain copy through a worker's pipe, where a tensor would
+        be moved to a shared-memory segment of its own (``train.parallel``)."""
+        return {k: v.numpy() if isinstance(v, torch.Tensor) else v for k, v in vars(self).items()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v if isinstance(v, int) else torch.from_numpy(v))
+
 
 def pack(examples: list[tuple[list[int], list[int]]]) -> Packed:
     """``(input_ids, labels)`` pairs -> one packed row.

@@ -1,37 +1,49 @@
-"""Data parallelism across CPU cores inside one training process.
+"""Data parallelism across CPU cores: worker processes forked from the training process.
 
 On a CPU, one forward and backward pass spread over intra-op threads scales poorly: the
 matmuls do, but attention over short examples, element-wise ops and Python dispatch do not
 (measured on 2 cores: 1.3x one core). Instead, each core runs whole micro-batches
-single-threaded in a worker thread (torch releases the GIL inside ops; autocast and grad mode
-are per thread). Workers take the next micro-batch as soon as they are free, largest first, so
-long examples do not leave a core idle; the gradients are nevertheless summed in micro-batch
-order, so the result does not depend on which thread ran what or when.
+single-threaded in a worker. Workers are processes, not threads: two threads of one process
+contend for the interpreter lock between the thousands of small ops of a row, and for the
+process's heap and page tables; on 2 cores each ran about 5% slower than alone, while two
+processes run as fast as one (``benchmarks/README.md``).
 
-Each micro-batch's gradient comes from ``torch.autograd.grad``, a copy of the trainable
-parameters' size until it is added in: cheap for LoRA adapters (a few MB). Full fine-tuning
-and CUDA use one worker, which simply calls ``backward()``. Freed memory is handed back to the
-operating system when the resident set has grown by a fifth over the working set
-(``MemoryReleaser``): without that glibc keeps the peak of every thread's arena, and resident
-memory crept from 2.3 to 4.8 GB over a 20-step benchmark; releasing after every step instead
-cost about 10% of the speed, because every step then faulted its activations' pages in afresh
-(half a million page faults a step). For the same reason blocks up to 64 MB come from glibc's
-arenas rather than from fresh ``mmap`` calls, and glibc keeps the freed top of each heap instead
-of handing it back after nearly every row (``keep_heap_blocks``).
+The workers are forked on first use, after the model is ready, so they share its frozen weights
+with the training process (copy-on-write, never written) and start in milliseconds. The
+trainable parameters are moved to shared memory before the fork: the optimiser, which runs in
+the training process, updates them in place and every worker computes with the new values.
+Workers take the next item as soon as they are free, largest first; each item's gradient
+(``torch.autograd.grad``, a copy of the trainable parameters' size: a few MB for LoRA adapters)
+comes back over a pipe and is added strictly in item order, so the result does not depend on
+which worker ran what or when. What an item computes is a method of the owner (the trainer),
+named in the call, so that the workers run the same code on their copy of it.
+
+Full fine-tuning and CUDA use one worker: the calling process, which simply calls
+``backward()``. Freed memory is handed back to the operating system when the resident set has
+grown by a fifth over the working set (``MemoryReleaser``, in each worker): without that glibc
+keeps the peak of its arenas, and resident memory crept from 2.3 to 4.8 GB over a 20-step
+benchmark; releasing after every step instead cost about 10% of the speed, because every step
+then faulted its activations' pages in afresh (half a million page faults a step). For the same
+reason blocks up to 64 MB come from glibc's arenas rather than from fresh ``mmap`` calls, and
+glibc keeps the freed top of each heap instead of handing it back after nearly every row
+(``keep_heap_blocks``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
+import multiprocessing
+import os
+import signal
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from multiprocessing.connection import Connection, wait
+from typing import Any
 
 import torch
 
-T = TypeVar("T")
-S = TypeVar("S")
+Params = Callable[[], list[torch.Tensor]]
 
 
 def worker_count(device: str, full: bool, batch_size: int) -> int:
@@ -42,56 +54,205 @@ def worker_count(device: str, full: bool, batch_size: int) -> int:
     return max(1, min(torch.get_num_threads(), batch_size))
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended without finishing its items (killed, or out of memory)."""
+
+
 class StepWorkers:
-    """``n`` worker threads (``threads // n`` intra-op threads each) that share a step's work."""
+    """``n`` workers that share a step's items; ``owner``'s methods compute them.
 
-    def __init__(self, n: int):
-        self.n = max(1, n)
-        self._main_threads = torch.get_num_threads()
-        self._pool: ThreadPoolExecutor | None = None
-        if self.n > 1:
-            per_worker = max(1, self._main_threads // self.n)
-            self._pool = ThreadPoolExecutor(self.n, thread_name_prefix="tunehouse-step",
-                                            initializer=torch.set_num_threads,
-                                            initargs=(per_worker,))
+    ``map(method, items, *args)`` is ``[owner.method(item, *args) for item in items]``;
+    ``gradients`` also sets the ``.grad`` of ``params()`` from each item's loss. With ``n > 1``
+    the items run in worker processes (``threads // n`` intra-op threads each), forked on first
+    use: what they see of ``owner`` is its state at that moment, apart from the trainable
+    parameters, which are shared; pass anything that changes later as ``args``.
+    """
 
-    def map(self, items: Sequence[T], fn: Callable[[T], S]) -> list[S]:
-        """``[fn(item) for item in items]``, items run on free workers in order of their index."""
-        if self._pool is None:
-            return [fn(item) for item in items]
-        return list(self._pool.map(fn, items))
+    def __init__(self, n: int, owner: Any, params: Params):
+        self.n, self.owner, self.params = max(1, n), owner, params
+        if "fork" not in multiprocessing.get_all_start_methods():  # e.g. Windows: one worker
+            self.n = 1
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        self._next: Any = None
 
-    def gradients(self, items: Sequence[T], loss_of: Callable[[T], tuple[torch.Tensor, S]],
-                  params: list[torch.Tensor]) -> list[S]:
-        """Set every parameter's ``.grad`` to the gradient of ``sum(loss_of(item)[0])``, the
-        terms added in item order; return the items' second values in item order.
+    def map(self, method: str, items: Sequence[Any], *args: Any) -> list[Any]:
+        """``[owner.method(item, *args) for item in items]``, items run on free workers."""
+        if self.n == 1:
+            fn = getattr(self.owner, method)
+            return [fn(item, *args) for item in items]
+        return self._run(False, method, items, args)
 
-        Put the largest items first: they are started first.
+    def gradients(self, method: str, items: Sequence[Any], *args: Any) -> list[Any]:
+        """Set every parameter's ``.grad`` to the gradient of the summed losses, where
+        ``owner.method(item, *args)`` returns ``(loss, stats)``, the terms added in item order;
+        return the items' stats in item order. Put the largest items first: they start first.
         """
-        if self._pool is None:
-            def backward(item: T) -> S:
-                loss, stats = loss_of(item)
+        if self.n == 1:
+            fn = getattr(self.owner, method)
+            out = []
+            for item in items:
+                loss, stats = fn(item, *args)
                 loss.backward()
-                return stats
+                out.append(stats)
+            return out
+        return self._run(True, method, items, args)
 
-            return self.map(items, backward)
-        summer = _InOrderSum(params)
+    def _run(self, grads: bool, method: str, items: Sequence[Any], args: tuple) -> list[Any]:
+        if not self._procs:
+            self._start()
+        self._next.value = 0
+        for conn in self._conns:
+            conn.send((grads, method, list(items), args))
+        params = self.params()
+        summer = _InOrderSum(params) if grads else None
+        results: list[Any] = [None] * len(items)
+        errors: list[BaseException] = []
+        busy = list(self._conns)
+        while busy:
+            for conn in wait(busy):
+                try:
+                    msg = conn.recv()
+                    if msg[0] == "item":
+                        results[msg[1]] = msg[2]
+                        if summer is not None:
+                            summer.add(msg[1], _receive_grads(conn, params, msg[3]))
+                    elif msg[0] == "error":
+                        errors.append(msg[2])
+                    else:  # "done"
+                        busy.remove(conn)
+                except (EOFError, OSError):
+                    self.close()
+                    raise WorkerDied("A training worker process ended unexpectedly (killed, "
+                                     "or out of memory?).") from None
+        if errors:
+            raise errors[0]
+        if summer is not None:
+            summer.finish()
+        return results
 
-        def run(k: int) -> S:
-            loss, stats = loss_of(items[k])
-            summer.add(k, torch.autograd.grad(loss, params, allow_unused=True))
-            return stats
-
-        out = self.map(range(len(items)), run)
-        summer.finish()
-        return out
+    def _start(self) -> None:
+        """Fork the workers; the trainable parameters first move to shared memory."""
+        for p in self.params():
+            p.data.share_memory_()
+        # Pages a worker writes become its own copies. Freed heap that this process keeps
+        # (``keep_heap_blocks``) would be copied by every worker that reuses it, and the
+        # collector's bookkeeping writes into every Python object it scans, so: hand the free
+        # heap back, and move all objects out of the collector's reach, before forking.
+        gc.collect()
+        release_memory()
+        gc.freeze()
+        ctx = multiprocessing.get_context("fork")
+        self._next = ctx.Value("q", 0)
+        threads = max(1, torch.get_num_threads() // self.n)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warning from it
+        for i in range(self.n):
+            mine, theirs = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(theirs, self.owner, self.params, self._next,
+                                                    threads), name=f"tunehouse-step-{i}", daemon=True)
+            proc.start()
+            theirs.close()
+            self._conns.append(mine)
+            self._procs.append(proc)
 
     def close(self) -> None:
-        """Stop the threads and give the calling thread back its intra-op threads."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
-            torch.set_num_threads(self._main_threads)  # MKL's thread count is process-wide
+        """Stop the worker processes (they are started again if needed)."""
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        for proc in self._procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
+            conn.close()
+        if self._procs:
+            gc.unfreeze()
+        self._conns, self._procs = [], []
+
+
+def _receive_grads(conn: Connection, params: list[torch.Tensor], present: list[bool]
+                   ) -> list[torch.Tensor | None]:
+    """The gradients a worker sends after an item, one message per present gradient."""
+    out: list[torch.Tensor | None] = []
+    for p, here in zip(params, present):
+        if not here:
+            out.append(None)
+            continue
+        g = torch.empty(p.shape, dtype=p.dtype)
+        conn.recv_bytes_into(g.view(-1).view(torch.uint8).numpy())  # 1-D: as sent
+        out.append(g)
+    return out
+
+
+def _serve(conn: Connection, owner: Any, params_of: Params, next_item: Any, threads: int) -> None:
+    """A worker process: runs items of each request until told to stop or its parent ends."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:  # Linux: the kernel kills this process when its parent ends, however it ends
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+    # The items run on a second thread, as the workers did when they were threads: its heap is
+    # one of glibc's per-thread arenas (64 MB heaps, handed back when empty) rather than the
+    # main arena, whose top glibc keeps up to the trim threshold (``keep_heap_blocks``).
+    loop = threading.Thread(target=_serve_items, args=(conn, owner, params_of, next_item, threads))
+    loop.start()
+    loop.join()
+
+
+def _serve_items(conn: Connection, owner: Any, params_of: Params, next_item: Any, threads: int) -> None:
+    torch.set_num_threads(threads)  # per thread (OpenMP)
+    params, release = params_of(), MemoryReleaser(resident=private_bytes)
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            return
+        grads, method, items, args = request
+        fn = getattr(owner, method)
+        while True:
+            with next_item.get_lock():
+                k = next_item.value
+                next_item.value = k + 1
+            if k >= len(items):
+                break
+            try:
+                _run_item(conn, fn, items[k], args, k, params if grads else None)
+            except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+                conn.send(("error", k, _picklable(e)))
+                break
+        release()
+        conn.send(("done",))
+
+
+def _run_item(conn: Connection, fn: Callable[..., Any], item: Any, args: tuple, k: int,
+              params: list[torch.Tensor] | None) -> None:
+    if params is None:
+        conn.send(("item", k, fn(item, *args)))
+        return
+    loss, stats = fn(item, *args)
+    gs = torch.autograd.grad(loss, params, allow_unused=True)
+    conn.send(("item", k, stats, [g is not None for g in gs]))
+    for g in gs:
+        if g is not None:
+            conn.send_bytes(g.contiguous().view(-1).view(torch.uint8).numpy())  # 1-D: multiprocessing
+            # counts a buffer's length along its first dimension
+
+
+def _picklable(e: Exception) -> Exception:
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(e))
+        return e
+    except Exception:  # noqa: BLE001 - any exception that does not survive the pipe
+        return RuntimeError(f"{type(e).__name__}: {e}")
 
 
 class _InOrderSum:
@@ -99,16 +260,14 @@ class _InOrderSum:
 
     def __init__(self, params: list[torch.Tensor]):
         self.params, self.next, self.waiting = params, 0, {}
-        self.lock = threading.Lock()
 
     def add(self, k: int, grads: Sequence[torch.Tensor | None]) -> None:
-        with self.lock:
-            self.waiting[k] = grads
-            while self.next in self.waiting:
-                for p, g in zip(self.params, self.waiting.pop(self.next)):
-                    if g is not None:
-                        p.grad = g if p.grad is None else p.grad.add_(g)
-                self.next += 1
+        self.waiting[k] = grads
+        while self.next in self.waiting:
+            for p, g in zip(self.params, self.waiting.pop(self.next)):
+                if g is not None:
+                    p.grad = g if p.grad is None else p.grad.add_(g)
+            self.next += 1
 
     def finish(self) -> None:
         assert not self.waiting, "a micro-batch's gradient was not added"
@@ -147,6 +306,18 @@ def resident_bytes() -> int:
             return int(f.read().split()[1]) * 4096
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def private_bytes() -> int:
+    """This process's resident memory that no other process shares (``smaps_rollup``): for a
+    forked worker, what it holds beyond the parent's pages; its resident set where that file
+    does not exist."""
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            kb = sum(int(line.split()[1]) for line in f if line.startswith("Private_"))
+        return kb * 1024
+    except (OSError, IndexError, ValueError):
+        return resident_bytes()
 
 
 def keep_heap_blocks(limit: int = 64 << 20, keep: int = 1 << 30) -> None:
