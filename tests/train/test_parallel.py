@@ -8,6 +8,8 @@ updated, or a worker that does not report its error or death shows up here.
 
 import os
 import signal
+import threading
+import time
 
 import pytest
 import torch
@@ -42,6 +44,12 @@ class Owner:
 
     def threads(self, _):
         return torch.get_num_threads(), torch.is_grad_enabled(), os.getpid()
+
+    def slow(self, x):
+        import time
+
+        time.sleep(60)
+        return x
 
     def die(self, x):
         if x == 1:
@@ -134,6 +142,25 @@ def test_a_worker_that_dies_is_an_error_not_a_hang():
         assert workers.map("double", [5]) == [10]  # started afresh
     finally:
         workers.close()
+
+
+def test_ctrl_c_during_a_step_stops_the_workers_at_once():
+    workers = StepWorkers(2, Owner(), list)
+    workers.map("double", [1])  # started
+    pids = [p.pid for p in workers._procs]
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            workers.map("slow", [1, 2])
+    finally:
+        t0 = time.monotonic()
+        workers.close()
+        timer.cancel()
+    assert time.monotonic() - t0 < 5
+    for pid in pids:  # gone (reaped), not still computing
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 def test_training_with_one_or_two_workers_gives_the_same_adapter(tiny_model_dir, chat_files, tmp_path):

@@ -75,6 +75,7 @@ class StepWorkers:
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         self._next: Any = None
+        self._busy = False  # a request is out and not all workers have reported back
 
     def map(self, method: str, items: Sequence[Any], *args: Any) -> list[Any]:
         """``[owner.method(item, *args) for item in items]``, items run on free workers."""
@@ -104,6 +105,7 @@ class StepWorkers:
         self._next.value = 0
         for conn in self._conns:
             conn.send((grads, method, list(items), args))
+        self._busy = True
         params = self.params()
         summer = _InOrderSum(params) if grads else None
         results: list[Any] = [None] * len(items)
@@ -125,6 +127,7 @@ class StepWorkers:
                     self.close()
                     raise WorkerDied("A training worker process ended unexpectedly (killed, "
                                      "or out of memory?).") from None
+        self._busy = False
         if errors:
             raise errors[0]
         if summer is not None:
@@ -156,7 +159,13 @@ class StepWorkers:
             self._procs.append(proc)
 
     def close(self) -> None:
-        """Stop the worker processes (they are started again if needed)."""
+        """Stop the worker processes (they are started again if needed). Interrupted in the
+        middle of a request (Ctrl-C, an error), the workers are killed at once: nobody wants
+        their results, and a worker may be blocked writing one into a full pipe."""
+        if self._busy:
+            for proc in self._procs:
+                proc.kill()
+            self._busy = False
         for conn in self._conns:
             try:
                 conn.send(None)
