@@ -15,6 +15,7 @@ import os
 import platform
 import random
 import resource
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -206,18 +207,6 @@ def child_pids(pid: int | str = "self") -> list[int]:
     return out
 
 
-def _rollup(pid: int | str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 3 and parts[2] == "kB":
-                out[parts[0].rstrip(":")] = int(parts[1]) * 1024
-    except OSError:
-        pass
-    return out
-
-
 class TreeMemory:
     """Peak resident memory of this process and its worker processes together.
 
@@ -233,8 +222,6 @@ class TreeMemory:
     """
 
     def __init__(self, interval: float = 0.1):
-        import threading
-
         self.samples: list[tuple[int, dict[int, int]]] = []
         self.min_shared: dict[int, int] = {}
         self._stop = threading.Event()
@@ -242,14 +229,18 @@ class TreeMemory:
         self._thread.start()
 
     def _sample(self, interval: float) -> None:
+        from tunehouse.train.parallel import resident_bytes
+
         while not self._stop.is_set():
-            self.samples.append((_statm_rss("self"), {pid: _statm_rss(pid) for pid in child_pids()}))
+            self.samples.append((resident_bytes(), {pid: resident_bytes(pid) for pid in child_pids()}))
             self._stop.wait(interval)
 
     def shared(self) -> None:
         """Measure the running workers' shared pages (call while they are idle)."""
+        from tunehouse.train.parallel import smaps_rollup
+
         for pid in child_pids():
-            r = _rollup(pid)
+            r = smaps_rollup(pid)
             shared = r.get("Shared_Clean", 0) + r.get("Shared_Dirty", 0)
             self.min_shared[pid] = min(self.min_shared.get(pid, shared), shared)
 
@@ -259,13 +250,6 @@ class TreeMemory:
         peak = max((own + sum(max(0, rss - self.min_shared.get(pid, 0)) for pid, rss in kids.items())
                     for own, kids in self.samples), default=0)
         return max(peak / 2**20, peak_rss_mb())
-
-
-def _statm_rss(pid: int | str) -> int:
-    try:
-        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return 0
 
 
 def set_threads() -> int:

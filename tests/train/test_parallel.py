@@ -46,8 +46,6 @@ class Owner:
         return torch.get_num_threads(), torch.is_grad_enabled(), os.getpid()
 
     def slow(self, x):
-        import time
-
         time.sleep(60)
         return x
 

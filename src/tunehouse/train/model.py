@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -94,7 +95,7 @@ class Packed:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
-            setattr(self, k, v if isinstance(v, int) else torch.from_numpy(v))
+            setattr(self, k, torch.from_numpy(v) if isinstance(v, np.ndarray) else v)
 
 
 def pack(examples: list[tuple[list[int], list[int]]]) -> Packed:

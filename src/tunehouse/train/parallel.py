@@ -308,25 +308,39 @@ class MemoryReleaser:
             self.measure = True
 
 
-def resident_bytes() -> int:
-    """This process's resident set size (``/proc/self/statm``; 0 where that does not exist)."""
+def resident_bytes(pid: int | str = "self") -> int:
+    """A process's resident set size (``/proc/<pid>/statm``; 0 where that does not exist)."""
     try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * 4096
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, IndexError, ValueError):
         return 0
+
+
+def smaps_rollup(pid: int | str = "self") -> dict[str, int]:
+    """A process's memory by kind in bytes (``/proc/<pid>/smaps_rollup``: ``Rss``,
+    ``Private_Dirty``, ``Shared_Clean``...; empty where that does not exist). It walks the
+    process's page tables: call it between steps, not while the process computes."""
+    out: dict[str, int] = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == "kB":
+                    out[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return out
 
 
 def private_bytes() -> int:
     """This process's resident memory that no other process shares (``smaps_rollup``): for a
     forked worker, what it holds beyond the parent's pages; its resident set where that file
     does not exist."""
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            kb = sum(int(line.split()[1]) for line in f if line.startswith("Private_"))
-        return kb * 1024
-    except (OSError, IndexError, ValueError):
+    kinds = smaps_rollup()
+    if not kinds:
         return resident_bytes()
+    return sum(n for kind, n in kinds.items() if kind.startswith("Private_"))
 
 
 def keep_heap_blocks(limit: int = 64 << 20, keep: int = 1 << 30) -> None:
