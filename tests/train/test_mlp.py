@@ -1,7 +1,8 @@
-"""The fused SwiGLU MLP (``train.mlp``) must give exactly what the MLP with fused LoRA linears
-gives, forward and backward, keep fewer activations, and leave alone what it does not reproduce."""
+"""The fused SwiGLU MLP (``train.mlp``) must give exactly the outputs of the MLP with fused LoRA
+linears, gradients within rounding (fp32) or no further from the fp32 reference than that path
+(bf16: the gate and up projections' input gradient is now one matmul), keep fewer activations,
+and leave alone what it does not reproduce."""
 
-import pytest
 import torch
 
 from th_support import ids_for, lora_model, run
@@ -9,21 +10,38 @@ from tunehouse.train.lora import use_fused_lora
 from tunehouse.train.mlp import use_fused_mlps
 
 
-@pytest.mark.parametrize("dtype,autocast", [(torch.float32, False), (torch.bfloat16, True)])
-def test_outputs_and_gradients_bitwise_equal(tiny_tokenizer, dtype, autocast):
-    ids = ids_for(tiny_tokenizer)
-    model = lora_model(tiny_tokenizer, dtype=dtype)
+def fp32_adapters(model):
     for p in model.parameters():  # adapters train in fp32, as in the trainer
         if p.requires_grad:
             p.data = p.data.float()
+    return model
+
+
+def test_fp32_same_outputs_and_gradients(tiny_tokenizer):
+    ids = ids_for(tiny_tokenizer)
+    model = lora_model(tiny_tokenizer)
     use_fused_lora(model)
-    ref_out, ref_grads = run(model, ids, autocast)
+    ref_out, ref_grads = run(model, ids)
     assert use_fused_mlps(model) == 2  # one MLP per decoder layer
-    out, grads = run(model, ids, autocast)
+    out, grads = run(model, ids)
     assert torch.equal(out, ref_out)
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():
-        assert torch.equal(g, ref_grads[name]), name
+        assert torch.allclose(g, ref_grads[name], rtol=1e-4, atol=1e-5), name
+
+
+def test_bf16_same_outputs_gradients_no_further_from_fp32(tiny_tokenizer):
+    ids = ids_for(tiny_tokenizer)
+    _, ref_grads = run(lora_model(tiny_tokenizer), ids)
+    model = fp32_adapters(lora_model(tiny_tokenizer, dtype=torch.bfloat16))
+    use_fused_lora(model)
+    old_out, old_grads = run(model, ids, autocast=True)
+    assert use_fused_mlps(model) == 2
+    out, grads = run(model, ids, autocast=True)
+    assert torch.equal(out, old_out)
+    for name, g in grads.items():
+        r = ref_grads[name]
+        assert (g - r).norm() <= 1.5 * (old_grads[name] - r).norm() + 1e-3 * r.norm(), name
 
 
 def saved_bytes(fn):

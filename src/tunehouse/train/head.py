@@ -34,8 +34,11 @@ class _HeadCrossEntropy(torch.autograd.Function):
             raw = hs @ weight.T  # the compute dtype (bf16 under autocast), as autograd's would be
             compute_dtype = raw.dtype
             probs = torch.softmax(raw, dim=-1, dtype=torch.float32)  # one fused kernel
-            correct += (probs.argmax(-1) == ys).sum()  # fp32: a bf16 argmax is 4x slower
-            total -= _target_log_probs(raw, probs, ys).sum()
+            p_target = probs.gather(1, ys[:, None]).squeeze(1)
+            # right where the target is the most likely token: a row maximum is 6x faster
+            # than an argmax (a tie with another token counts as right)
+            correct += (p_target >= probs.amax(-1)).sum()
+            total -= _target_log_probs(raw, p_target, ys).sum()
             del raw
             if grad_h is None and grad_w is None:
                 continue
@@ -62,11 +65,10 @@ class _HeadCrossEntropy(torch.autograd.Function):
         return grad_h, grad_w, None
 
 
-def _target_log_probs(raw: torch.Tensor, probs: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
-    """``log softmax(raw)[i, ys[i]]`` in fp32: the log of the softmax where that is a normal
-    float, else (a target more than ~87 nats below the top logit, whose probability underflows
-    or is flushed to zero) from an exact log-sum-exp of that row."""
-    p = probs.gather(1, ys[:, None]).squeeze(1)
+def _target_log_probs(raw: torch.Tensor, p: torch.Tensor, ys: torch.Tensor) -> torch.Tensor:
+    """``log softmax(raw)[i, ys[i]]`` in fp32 from the targets' probabilities ``p``: their log
+    where that is a normal float, else (a target more than ~87 nats below the top logit, whose
+    probability underflows or is flushed to zero) from an exact log-sum-exp of that row."""
     out = p.log()
     tiny = p < 1e-30
     if bool(tiny.any()):

@@ -20,6 +20,7 @@ base weight) keep PEFT's forward, decided at every call.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -29,32 +30,52 @@ from tunehouse.models import compute_dtype, vanilla_lora
 
 
 def lora_forward(x2: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                 a: torch.Tensor, b: torch.Tensor, scale: float) -> tuple[torch.Tensor, ...]:
-    """``x2 @ W.T + (x2 @ A.T) @ (B * scale).T`` for 2-D ``x2`` in the compute dtype (``weight``
-    and ``bias`` already in it, the adapter cast here) -> the output, ``x2 @ A.T`` and the cast
-    ``A`` and scaled ``B`` (all three kept for ``lora_backward``)."""
-    a_c, b_c = a.to(x2.dtype), (b * scale).to(x2.dtype)
+                 a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], scales: Sequence[float]
+                 ) -> tuple[Any, ...]:
+    """One or more LoRA linears that read the same input, as one matmul plus their updates.
+
+    ``weight`` (sum of outs, in) stacks the parts' frozen weights (``train.stacked``; one part:
+    the layer's own), ``a[i]`` (r_i, in) and ``b[i]`` (out_i, r_i) are part ``i``'s adapter.
+    For 2-D ``x2`` in the compute dtype (``weight`` and ``bias`` already in it, the adapters cast
+    here) returns ``x2 @ weight.T + bias`` with, in each part's columns, ``(x2 @ A_i.T) @ (B_i *
+    scale_i).T`` added by an accumulating matmul, and what ``lora_backward`` needs: ``x2 @ A.T``
+    for all parts at once, the stacked cast ``A`` and the cast, scaled ``B``s."""
+    a_c = (a[0] if len(a) == 1 else torch.cat(list(a))).to(x2.dtype)
+    b_c = [(bi * s).to(x2.dtype) for bi, s in zip(b, scales)]
     y = F.linear(x2, weight, bias)
     xa = x2 @ a_c.t()
-    y.addmm_(xa, b_c.t())
+    for cols, ranks, bi in zip(_spans(b_c, 0), _spans(b_c, 1), b_c):
+        y[:, cols].addmm_(xa[:, ranks], bi.t())
     return y, xa, a_c, b_c
 
 
 def lora_backward(dy2: torch.Tensor, x2: torch.Tensor, xa: torch.Tensor, weight: torch.Tensor,
-                  a_c: torch.Tensor, b_c: torch.Tensor, scale: float,
-                  want: tuple[bool, bool, bool]) -> tuple[torch.Tensor | None, ...]:
-    """The gradients of ``lora_forward`` with respect to ``x2``, ``A`` and ``B`` (each only if
-    wanted), the adapters' in fp32."""
-    g = dy2 @ b_c  # the gradient of x @ A.T: (tokens, r)
+                  a_c: torch.Tensor, b_c: Sequence[torch.Tensor], scales: Sequence[float],
+                  want: tuple[bool, bool, bool]) -> tuple[Any, ...]:
+    """The gradients of ``lora_forward`` with respect to ``x2`` (one matmul over all parts) and
+    each part's ``A`` and ``B`` (fp32 lists), each only if wanted (else None)."""
+    cols, ranks = _spans(b_c, 0), _spans(b_c, 1)
+    parts = [dy2[:, c] @ bi for c, bi in zip(cols, b_c)]  # the gradients of x @ A_i.T
+    g = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
     dx = da = db = None
     if want[0]:
         dx = dy2 @ weight
         dx.addmm_(g, a_c)
     if want[1]:
-        da = (g.t() @ x2).float()
+        da_all = (g.t() @ x2).float()
+        da = [da_all[r] for r in ranks]
     if want[2]:
-        db = (dy2.t() @ xa).float().mul_(scale)
+        db = [(dy2[:, c].t() @ xa[:, r]).float().mul_(s) for c, r, s in zip(cols, ranks, scales)]
     return dx, da, db
+
+
+def _spans(b: Sequence[torch.Tensor], dim: int) -> list[slice]:
+    """The slices that the parts' outputs (``dim`` 0) or ranks (``dim`` 1) take side by side."""
+    out, start = [], 0
+    for bi in b:
+        out.append(slice(start, start + bi.shape[dim]))
+        start += bi.shape[dim]
+    return out
 
 
 class _LoraLinear(torch.autograd.Function):
@@ -65,7 +86,7 @@ class _LoraLinear(torch.autograd.Function):
         ``b`` (out, r) the adapter's weights in their own dtype -> (..., out)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        y, xa, a_c, b_c = lora_forward(x2, weight, bias, a, b, scale)
+        y, xa, a_c, (b_c,) = lora_forward(x2, weight, bias, [a], [b], [scale])
         ctx.save_for_backward(x2, xa, weight, a_c, b_c)
         ctx.scale, ctx.lead = scale, lead
         return y.view(*lead, -1)
@@ -76,9 +97,10 @@ class _LoraLinear(torch.autograd.Function):
         x2, xa, weight, a_c, b_c = ctx.saved_tensors
         dy2 = dy.reshape(-1, dy.shape[-1]).to(x2.dtype)
         need = ctx.needs_input_grad
-        dx, da, db = lora_backward(dy2, x2, xa, weight, a_c, b_c, ctx.scale,
+        dx, da, db = lora_backward(dy2, x2, xa, weight, a_c, [b_c], [ctx.scale],
                                    (need[0], need[3], need[4]))
-        return None if dx is None else dx.view(*ctx.lead, -1), None, None, da, db, None
+        return (None if dx is None else dx.view(*ctx.lead, -1), None, None,
+                None if da is None else da[0], None if db is None else db[0], None)
 
 
 def plain_adapter(layer: Any) -> str | None:

@@ -1,18 +1,18 @@
-"""The SwiGLU MLP with a LoRA down-projection as one autograd node that keeps two activations.
+"""The SwiGLU MLP with LoRA adapters as one autograd node that keeps two activations.
 
 transformers' Llama-style MLP is ``down(silu(gate(x)) * up(x))``. Autograd keeps, per token and
 layer, four intermediate-sized tensors for it: the gate output (for the SiLU's backward), the
 SiLU output and the up output (for the product's), and the product (for the down projection's
-LoRA gradients): more than half of all the activations a decoder layer keeps. Here the SiLU, the
-product and the down projection with its adapter (``train.lora``) are one node that keeps only
-the gate and up outputs and recomputes the SiLU and the product in the backward pass: two cheap
-element-wise ops for about a quarter of a training step's activation memory. The ops and dtypes
-are the ones autograd would run, so outputs and gradients are bit for bit the same.
+LoRA gradients): more than half of all the activations a decoder layer keeps. Here the whole MLP
+is one node that keeps only the gate and up outputs and recomputes the SiLU and the product in
+the backward pass: two cheap element-wise ops for about a quarter of a training step's
+activation memory. The gate and up projections are one stacked matmul (``train.stacked``), and
+backward their input gradients are one matmul over both, with no autograd addition after it.
 
 Switched only where that holds: a module with ``gate_proj``, ``up_proj``, ``down_proj`` and a SiLU
-``act_fn`` whose output the fused path reproduces exactly on a probe input (checked when
-installing), and, per call, a down projection whose adapter is plain (``lora.fused_args``);
-anything else keeps transformers' forward.
+``act_fn`` whose output the fused path reproduces on a probe input (``train.probe``; checked when
+installing), and, per call, plain adapters on all three projections (``lora.plain_adapter``)
+over the stacked weights; anything else keeps transformers' forward.
 """
 
 from __future__ import annotations
@@ -24,48 +24,66 @@ import torch
 import torch.nn.functional as F
 
 from tunehouse.models import compute_dtype
-from tunehouse.train.lora import fused_args, lora_backward, lora_forward, plain_adapter
+from tunehouse.train.lora import fused_args, lora_backward, lora_forward
 from tunehouse.train.probe import reproduces
+from tunehouse.train.stacked import Stack, stack
 
 
-class _SwiGLUDown(torch.autograd.Function):
+class _SwiGLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor,
-                bias: torch.Tensor | None, a: torch.Tensor, b: torch.Tensor, scale: float
-                ) -> torch.Tensor:
-        """``gate``/``up`` (..., inter) in the compute dtype, the down projection's frozen
-        ``weight`` (hidden, inter) and adapter ``a`` (r, inter), ``b`` (hidden, r) -> (..., hidden)."""
-        lead = gate.shape[:-1]
-        g2, u2 = gate.reshape(-1, gate.shape[-1]), up.reshape(-1, up.shape[-1])
-        y, xa, a_c, b_c = lora_forward(F.silu(g2) * u2, weight, bias, a, b, scale)
-        ctx.save_for_backward(g2, u2, xa, weight, a_c, b_c)
-        ctx.scale, ctx.lead = scale, lead
+    def forward(ctx: Any, x: torch.Tensor, gu_weight: torch.Tensor, gu_bias: torch.Tensor | None,
+                down_weight: torch.Tensor, down_bias: torch.Tensor | None,
+                scales: tuple[float, float, float], a_gate: torch.Tensor, a_up: torch.Tensor,
+                b_gate: torch.Tensor, b_up: torch.Tensor, a_down: torch.Tensor,
+                b_down: torch.Tensor) -> torch.Tensor:
+        """``x`` (..., hidden) in the compute dtype, the stacked gate/up weight (2 * inter,
+        hidden) and the down weight (hidden, inter) frozen in it, each projection's adapter
+        ``a``/``b`` in its own dtype -> (..., hidden)."""
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        gu, xa, a_c, b_c = lora_forward(x2, gu_weight, gu_bias, [a_gate, a_up], [b_gate, b_up],
+                                        scales[:2])
+        inter = b_gate.shape[0]
+        h = F.silu(gu[:, :inter]) * gu[:, inter:]
+        y, ha, ad_c, bd_c = lora_forward(h, down_weight, down_bias, [a_down], [b_down], scales[2:])
+        ctx.save_for_backward(x2, gu, xa, ha, gu_weight, a_c, *b_c, down_weight, ad_c, *bd_c)
+        ctx.scales, ctx.lead, ctx.inter = scales, lead, inter
         return y.view(*lead, -1)
 
     @staticmethod
     def backward(ctx: Any, dy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        g2, u2, xa, weight, a_c, b_c = ctx.saved_tensors
-        dy2 = dy.reshape(-1, dy.shape[-1]).to(g2.dtype)
-        s = F.silu(g2)
-        need = ctx.needs_input_grad
-        dp, da, db = lora_backward(dy2, s * u2, xa, weight, a_c, b_c, ctx.scale,
-                                   (need[0] or need[1], need[4], need[5]))
-        dg = du = None
-        if dp is not None:
-            du = (dp * s).view(*ctx.lead, -1) if need[1] else None
-            if need[0]:
-                dg = torch.ops.aten.silu_backward(dp * u2, g2).view(*ctx.lead, -1)
-        return dg, du, None, None, da, db, None
+        x2, gu, xa, ha, gu_weight, a_c, bg_c, bu_c, down_weight, ad_c, bd_c = ctx.saved_tensors
+        need, inter, scales = ctx.needs_input_grad, ctx.inter, ctx.scales
+        dy2 = dy.reshape(-1, dy.shape[-1]).to(x2.dtype)
+        gate, up = gu[:, :inter], gu[:, inter:]
+        s = F.silu(gate)
+        want_in = need[0] or any(need[6:10])
+        dh, da_d, db_d = lora_backward(dy2, s * up, ha, down_weight, ad_c, [bd_c], scales[2:],
+                                       (want_in, need[10], need[11]))
+        dx = da = db = None
+        if dh is not None:
+            dgu = torch.empty_like(gu)  # both halves written in place: no concatenation
+            torch.mul(dh, s, out=dgu[:, inter:])
+            torch.ops.aten.silu_backward.grad_input(dh * up, gate, grad_input=dgu[:, :inter])
+            dx, da, db = lora_backward(dgu, x2, xa, gu_weight, a_c, [bg_c, bu_c], scales[:2],
+                                       (need[0], need[6] or need[7], need[8] or need[9]))
+        da, db = da or [None, None], db or [None, None]
+        return (None if dx is None else dx.view(*ctx.lead, -1), None, None, None, None, None,
+                da[0], da[1], db[0], db[1], None if da_d is None else da_d[0],
+                None if db_d is None else db_d[0])
 
 
-def _forward(mlp: Any, x: torch.Tensor) -> torch.Tensor:
+def _forward(mlp: Any, gate_up: Stack, x: torch.Tensor) -> torch.Tensor:
     dtype = compute_dtype(x)
-    fused = fused_args(mlp.down_proj, dtype)
-    if fused is None:
+    down = fused_args(mlp.down_proj, dtype)
+    gu = gate_up.args(dtype)
+    if down is None or gu is None:
         return type(mlp).forward(mlp, x)
-    gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+    gu_weight, gu_bias, a, b, scales = gu
+    down_weight, down_bias, a_down, b_down, down_scale = down
     with torch.autocast(x.device.type, enabled=False):  # the function chooses its dtypes itself
-        return _SwiGLUDown.apply(gate.to(dtype), up.to(dtype), *fused)
+        return _SwiGLU.apply(x.to(dtype), gu_weight, gu_bias, down_weight, down_bias,
+                             (*scales, down_scale), *a, *b, a_down, b_down)
 
 
 def _is_swiglu(module: Any) -> bool:
@@ -74,24 +92,29 @@ def _is_swiglu(module: Any) -> bool:
         and type(act).__name__ in ("SiLU", "SiLUActivation")
 
 
-def _same_output(mlp: Any) -> bool:
-    """Whether the fused forward applies to ``mlp`` and reproduces its own exactly on a probe
-    input (``train.probe``)."""
-    down = mlp.down_proj
-    if plain_adapter(down) is None:
-        return False
-    weight = down.base_layer.weight
+def _fused_forward(mlp: Any) -> Any:
+    """The fused forward for ``mlp`` if it applies and reproduces the module's own exactly on a
+    probe input (``train.probe``), else None."""
+    if fused_args(mlp.down_proj, torch.float32) is None:
+        return None
+    gate_up = stack([mlp.gate_proj, mlp.up_proj])
+    if gate_up is None:
+        return None
+    fused = functools.partial(_forward, mlp, gate_up)
+    weight = mlp.down_proj.base_layer.weight
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, down.out_features, generator=gen).to(weight.device, weight.dtype)
-    return reproduces(mlp, functools.partial(_forward, mlp), x)
+    x = torch.randn(2, 5, mlp.down_proj.out_features, generator=gen).to(weight.device, weight.dtype)
+    return fused if reproduces(mlp, fused, x, exact=False) else None
 
 
 def use_fused_mlps(model: Any) -> int:
-    """Give every SwiGLU MLP of ``model`` with a plain LoRA down projection the fused forward
+    """Give every SwiGLU MLP of ``model`` with plain LoRA projections the fused forward
     (``train.lora.use_fused_lora`` first, so the probe compares like with like); returns how many."""
     n = 0
     for m in model.modules():
-        if _is_swiglu(m) and _same_output(m):
-            m.forward = functools.partial(_forward, m)
-            n += 1
+        if _is_swiglu(m):
+            fused = _fused_forward(m)
+            if fused is not None:
+                m.forward = fused
+                n += 1
     return n

@@ -24,6 +24,7 @@ from tunehouse.train.head import head_cross_entropy
 from tunehouse.train.lora import use_fused_lora
 from tunehouse.train.mlp import use_fused_mlps
 from tunehouse.train.norm import use_fused_norms
+from tunehouse.train.qkv import use_fused_qkv
 
 IGNORE_INDEX = -100
 
@@ -45,12 +46,14 @@ def wrap_for_training(model: Any, cfg: TrainConfig) -> Any:
 def prepare_for_training(model: Any) -> Any:
     """Switch a (PEFT) model to the engine's fast path, in place: varlen attention for packed
     rows (``train.attention``), one autograd node per plain LoRA linear (``train.lora``) and
-    per RMSNorm (``train.norm``), the SwiGLU MLP's activation, product and down projection as one
-    node that keeps only the gate and up outputs (``train.mlp``), and
-    LoRA inputs left in the compute dtype under autocast (PEFT would cast each to fp32)."""
+    per RMSNorm (``train.norm``), the SwiGLU MLP as one node that keeps only the gate and up
+    outputs (``train.mlp``), each attention layer's query/key/value projections and rotary
+    embedding as one node (``train.qkv``; both over stacked frozen weights, ``train.stacked``),
+    and LoRA inputs left in the compute dtype under autocast (PEFT would cast each to fp32)."""
     use_varlen(causal_lm(model))
     use_fused_lora(model)
     use_fused_mlps(model)  # after use_fused_lora: its probe compares with the fused linears
+    use_fused_qkv(model)  # after use_varlen and use_fused_lora, for the same reason
     use_fused_norms(model)
     for m in model.modules():
         if hasattr(m, "cast_input_dtype_enabled"):
