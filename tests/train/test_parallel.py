@@ -143,6 +143,9 @@ def test_a_worker_that_dies_is_an_error_not_a_hang():
 
 
 def test_ctrl_c_during_a_step_stops_the_workers_at_once():
+    # Python's own Ctrl-C handler, as in a terminal: a process started in the background by a
+    # non-interactive shell (nohup, `cmd &`) inherits SIGINT ignored and would never see it
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     workers = StepWorkers(2, Owner(), list)
     workers.map("double", [1])  # started
     pids = [p.pid for p in workers._procs]
@@ -155,6 +158,7 @@ def test_ctrl_c_during_a_step_stops_the_workers_at_once():
         t0 = time.monotonic()
         workers.close()
         timer.cancel()
+        signal.signal(signal.SIGINT, previous)
     assert time.monotonic() - t0 < 5
     for pid in pids:  # gone (reaped), not still computing
         with pytest.raises(ProcessLookupError):
