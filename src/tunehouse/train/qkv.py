@@ -11,10 +11,10 @@ roundings as transformers'); backward the rotation's transpose writes the query 
 gradients straight into one gradient matrix, and one matmul gives the input gradient.
 
 Switched only where that holds: an attention module with ``q_proj``, ``k_proj``, ``v_proj`` and
-``o_proj`` whose output the fused forward reproduces on a probe input (``train.probe``), with and without
-packed boundaries (checked when installing); per call, plain adapters over the stacked weights,
-the engine's varlen attention, rotary tables in the compute dtype and no cache. Anything else
-keeps transformers' forward.
+``o_proj`` whose output the fused forward reproduces on a probe input (``train.probe``), with
+and without packed boundaries (checked when installing); per call, plain adapters over the
+stacked weights, the engine's varlen attention, rotary tables in the compute dtype over the
+whole head (no partial rotation) and no cache. Anything else keeps transformers' forward.
 """
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _forward(attn: Any, qkv: Stack, heads: tuple[int, int, int], hidden_states: 
     dtype = compute_dtype(hidden_states)
     args = qkv.args(dtype) if position_embeddings is not None else None
     if args is None or attn.config._attn_implementation != NAME \
-            or any(position_embeddings[i].dtype != dtype for i in (0, 1)) \
+            or any(t.dtype != dtype or t.shape[-1] != heads[2] for t in position_embeddings) \
             or any(kwargs.get(k) is not None for k in _CACHES):
         return type(attn).forward(attn, hidden_states, position_embeddings=position_embeddings,
                                   attention_mask=attention_mask, **kwargs)
@@ -129,8 +129,11 @@ def _probe(attn: Any, fused: Any, heads: tuple[int, int, int]) -> bool:
     rope = (rand(1, 5, heads[2]), rand(1, 5, heads[2]))
     cu = torch.tensor([0, 2, 5], dtype=torch.int32, device=weight.device)
     packed = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": 3, "max_length_k": 3}
-    return all(reproduces(attn, fused, x, exact=False, position_embeddings=rope,
-                          attention_mask=None, **kw) for kw in ({}, packed))
+    try:
+        return all(reproduces(attn, fused, x, exact=False, position_embeddings=rope,
+                              attention_mask=None, **kw) for kw in ({}, packed))
+    except (RuntimeError, TypeError, ValueError):  # a forward of another shape: not ours to run
+        return False
 
 
 def use_fused_qkv(model: Any) -> int:
