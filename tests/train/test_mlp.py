@@ -6,6 +6,7 @@ and leave alone what it does not reproduce."""
 import torch
 
 from th_support import ids_for, lora_model, run
+from tunehouse.train import mlp
 from tunehouse.train.lora import use_fused_lora
 from tunehouse.train.mlp import use_fused_mlps
 
@@ -17,13 +18,16 @@ def fp32_adapters(model):
     return model
 
 
-def test_fp32_same_outputs_and_gradients(tiny_tokenizer):
+def test_fp32_same_outputs_and_gradients(tiny_tokenizer, monkeypatch):
     ids = ids_for(tiny_tokenizer)
     model = lora_model(tiny_tokenizer)
     use_fused_lora(model)
     ref_out, ref_grads = run(model, ids)
     assert use_fused_mlps(model) == 2  # one MLP per decoder layer
+    calls, apply = [], mlp._SwiGLU.apply
+    monkeypatch.setattr(mlp._SwiGLU, "apply", lambda *a: calls.append(1) or apply(*a))
     out, grads = run(model, ids)
+    assert len(calls) == 2  # the fused node ran, not the fallback
     assert torch.equal(out, ref_out)
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():

@@ -131,7 +131,6 @@ class Trainer:
         else:
             base = models.load_model(self.source, device=self.device, dtype=dtype)
             model = wrap_for_training(base, self.cfg)
-        model.config.use_cache = False
         return prepare_for_training(model).train()
 
     def _prepare_out(self) -> Path:

@@ -49,7 +49,9 @@ def prepare_for_training(model: Any) -> Any:
     per RMSNorm (``train.norm``), the SwiGLU MLP as one node that keeps only the gate and up
     outputs (``train.mlp``), each attention layer's query/key/value projections and rotary
     embedding as one node (``train.qkv``; both over stacked frozen weights, ``train.stacked``),
-    and LoRA inputs left in the compute dtype under autocast (PEFT would cast each to fp32)."""
+    and LoRA inputs left in the compute dtype under autocast (PEFT would cast each to fp32).
+    Turns the key/value cache off: the fused attention runs only without one."""
+    causal_lm(model).config.use_cache = False  # no key/value cache to build while training
     use_varlen(causal_lm(model))
     use_fused_lora(model)
     use_fused_mlps(model)  # after use_fused_lora: its probe compares with the fused linears
