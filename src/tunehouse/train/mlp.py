@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from tunehouse.models import compute_dtype
-from tunehouse.train.lora import fused_args, lora_backward, lora_forward
+from tunehouse.train.lora import fused_args, lora_backward, lora_forward, plain_adapter
 from tunehouse.train.probe import reproduces
 from tunehouse.train.stacked import Stack, stack
 
@@ -95,7 +95,7 @@ def _is_swiglu(module: Any) -> bool:
 def _fused_forward(mlp: Any) -> Any:
     """The fused forward for ``mlp`` if it applies and reproduces the module's own exactly on a
     probe input (``train.probe``), else None."""
-    if fused_args(mlp.down_proj, torch.float32) is None:
+    if plain_adapter(mlp.down_proj) is None:
         return None
     gate_up = stack([mlp.gate_proj, mlp.up_proj])
     if gate_up is None:
