@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from tunehouse.models import compute_dtype
 from tunehouse.train.lora import fused_args, lora_backward, lora_forward, plain_adapter
-from tunehouse.train.probe import reproduces
+from tunehouse.train.probe import probe_inputs, reproduces
 from tunehouse.train.stacked import Stack, stack
 
 
@@ -101,9 +101,7 @@ def _fused_forward(mlp: Any) -> Any:
     if gate_up is None:
         return None
     fused = functools.partial(_forward, mlp, gate_up)
-    weight = mlp.down_proj.base_layer.weight
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 5, mlp.down_proj.out_features, generator=gen).to(weight.device, weight.dtype)
+    (x,) = probe_inputs(mlp.down_proj.base_layer.weight, (2, 5, mlp.down_proj.out_features))
     return fused if reproduces(mlp, fused, x, exact=False) else None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tunehouse.train.probe import reproduces
+from tunehouse.train.probe import probe_inputs, reproduces
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -57,8 +57,7 @@ def _forward(module: Any, x: torch.Tensor) -> torch.Tensor:
 def _same_output(module: Any) -> bool:
     """Whether ``_RMSNorm`` reproduces ``module`` exactly on a probe input (``train.probe``)."""
     weight = module.weight
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.randn(3, 7, weight.shape[-1], generator=gen) * 3).to(weight.device, weight.dtype)
+    (x,) = probe_inputs(weight, (3, 7, weight.shape[-1]), scale=3.0)
     return reproduces(module, functools.partial(_fused, module), x)
 
 

@@ -14,6 +14,15 @@ from typing import Any
 import torch
 
 
+def probe_inputs(like: torch.Tensor, *shapes: tuple[int, ...], scale: float = 1.0
+                 ) -> list[torch.Tensor]:
+    """Random normal tensors of ``shapes`` (times ``scale``) on ``like``'s device and in its
+    dtype, drawn in order from one fixed seed: the same probe at every install."""
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randn(*shape, generator=gen) * scale).to(like.device, like.dtype)
+            for shape in shapes]
+
+
 def reproduces(module: Any, fused: Callable[..., Any], x: torch.Tensor, *, exact: bool = True,
                **kwargs: Any) -> bool:
     """Whether ``fused(x, **kwargs)`` equals ``module``'s own (class) forward, with and without

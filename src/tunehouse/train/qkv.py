@@ -27,7 +27,7 @@ import torch
 from tunehouse.models import compute_dtype
 from tunehouse.train.attention import NAME, varlen_attention
 from tunehouse.train.lora import lora_backward, lora_forward
-from tunehouse.train.probe import reproduces
+from tunehouse.train.probe import probe_inputs, reproduces
 from tunehouse.train.stacked import Stack, stack
 
 _CACHES = ("past_key_values", "past_key_value", "cache")
@@ -120,13 +120,9 @@ def _probe(attn: Any, fused: Any, heads: tuple[int, int, int]) -> bool:
     """Whether ``fused`` reproduces the module's own forward on a 5-token probe, as one
     sequence and as two packed examples."""
     weight = attn.q_proj.base_layer.weight
-    gen = torch.Generator().manual_seed(0)
-
-    def rand(*shape: int) -> torch.Tensor:
-        return torch.randn(*shape, generator=gen).to(weight.device, weight.dtype)
-
-    x = rand(1, 5, attn.q_proj.in_features)
-    rope = (rand(1, 5, heads[2]), rand(1, 5, heads[2]))
+    x, cos, sin = probe_inputs(weight, (1, 5, attn.q_proj.in_features), (1, 5, heads[2]),
+                               (1, 5, heads[2]))
+    rope = (cos, sin)
     cu = torch.tensor([0, 2, 5], dtype=torch.int32, device=weight.device)
     packed = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": 3, "max_length_k": 3}
     try:
