@@ -103,7 +103,7 @@ def _forward(attn: Any, qkv: Stack, heads: tuple[int, int, int], hidden_states: 
     with torch.autocast(hidden_states.device.type, enabled=False):  # dtypes chosen here
         q, k, v = _QKVRotary.apply(hidden_states.to(dtype), cos, sin, weight, bias, heads,
                                    tuple(scales), *a, *b)
-    kwargs = {k: v for k, v in kwargs.items() if k not in _CACHES}
+    kwargs = {name: value for name, value in kwargs.items() if name not in _CACHES}
     out, weights = varlen_attention(attn, q, k, v, attention_mask,
                                     dropout=attn.attention_dropout if attn.training else 0.0,
                                     scaling=attn.scaling, **kwargs)
