@@ -40,3 +40,19 @@ def test_pack_groups_fill_rows_under_budget_and_cover_all():
     assert [40] in rows  # longer than the budget: alone
     # first-fit decreasing wastes less than one row's worth on this set
     assert len(rows) <= -(-sum(lengths[:40]) // 128) + 2
+
+
+def test_balanced_split_evens_the_groups_costs_and_keeps_every_item_once():
+    from tunehouse.data.packing import balanced_split
+
+    costs = [1024, 900, 300, 70, 1024, 70, 100, 600]
+    a, b = balanced_split(costs, 2)
+    assert sorted(a + b) == list(range(8)) and a == sorted(a) and b == sorted(b)
+    assert abs(sum(costs[i] for i in a) - sum(costs[i] for i in b)) <= 70  # of 4088
+    assert balanced_split(costs, 2) == [a, b]  # deterministic
+    three = balanced_split(costs, 3)
+    loads = [sum(costs[i] for i in g) for g in three]
+    assert sorted(i for g in three for i in g) == list(range(8))
+    assert max(loads) - min(loads) <= 300
+    assert balanced_split([5.0], 2) == [[0], []]  # fewer items than groups
+    assert balanced_split([], 2) == [[], []]

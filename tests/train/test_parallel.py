@@ -203,3 +203,20 @@ def test_memory_is_released_above_the_working_set_measured_again_after_each_rele
     # 2.5 > 1.2 x 2.0; then the mark is the next step's 3.2 (not the first step's 2.0, which
     # would release after every later step) and 3.9 > 3.84; then max(3.2, 3.3): 4.0 > 3.96
     assert released == [2, 6, 9]
+
+
+def test_grouped_items_go_to_their_own_worker_first_then_the_smallest_left_elsewhere():
+    import multiprocessing
+
+    from tunehouse.train.parallel import _queues, _take
+
+    queues = _queues(7, [0, 1, 0, 1, 0, 0, 0], 2)
+    assert queues == [[0, 2, 4, 5, 6], [1, 3]]
+    state = multiprocessing.get_context("fork").Array("q", 4)
+    state[:] = [0, 5, 0, 2]
+    taken = [_take(state, queues, me) for me in (0, 1, 1, 1, 1, 0, 0, 0, 1)]
+    # worker 1 runs out after its two items and takes group 0's last ones, from the back
+    assert taken == [0, 1, 3, 6, 5, 2, 4, None, None]
+    assert _queues(3, None, 2) == [[0, 1, 2]]  # no groups: one queue for every worker
+    with pytest.raises(ValueError, match="2 labels for 3 items"):
+        _queues(3, [0, 1], 2)

@@ -78,3 +78,52 @@ def pack_groups(indices: Sequence[int], lengths: Sequence[int], token_budget: in
             rows.append([i])
             room.append(token_budget - lengths[i])
     return rows
+
+
+def balanced_split(costs: Sequence[float], groups: int) -> list[list[int]]:
+    """Split item indices ``0..len(costs)-1`` into ``groups`` sets of nearly equal summed cost,
+    each in increasing index order, so that as many workers finish a step's share together.
+
+    Largest first onto the lightest set, then, while it narrows the gap between the heaviest
+    and the lightest set, the best single move or pairwise swap between those two. Deterministic:
+    ties go to the lower index. A set may be empty when there are fewer items than groups.
+
+    >>> balanced_split([5, 4, 3, 3, 3], 2)
+    [[0, 1], [2, 3, 4]]
+    """
+    sets: list[list[int]] = [[] for _ in range(max(1, groups))]
+    load = [0.0] * len(sets)
+    for i in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        g = min(range(len(sets)), key=lambda k: (load[k], k))
+        sets[g].append(i)
+        load[g] += costs[i]
+    for _ in range(4 * len(costs)):
+        hi = max(range(len(sets)), key=lambda k: (load[k], -k))
+        lo = min(range(len(sets)), key=lambda k: (load[k], k))
+        shift = _best_shift(sets[hi], sets[lo], costs, load[hi] - load[lo])
+        if shift is None:
+            break
+        i, j = shift  # i leaves the heaviest set; j (if any) leaves the lightest for it
+        sets[hi].remove(i)
+        sets[lo].append(i)
+        if j is not None:
+            sets[lo].remove(j)
+            sets[hi].append(j)
+        delta = costs[i] - (costs[j] if j is not None else 0.0)
+        load[hi] -= delta
+        load[lo] += delta
+    return [sorted(s) for s in sets]
+
+
+def _best_shift(hi: list[int], lo: list[int], costs: Sequence[float], gap: float
+                ) -> tuple[int, int | None] | None:
+    """The move (``(i, None)``) or swap (``(i, j)``) between the heaviest set ``hi`` and the
+    lightest ``lo`` that leaves the smallest gap between them, if it is smaller than ``gap``."""
+    best, best_gap = None, gap
+    options = [(i, None) for i in hi] + [(i, j) for i in hi for j in lo]
+    for i, j in sorted(options, key=lambda o: (o[0], -1 if o[1] is None else o[1])):
+        delta = costs[i] - (costs[j] if j is not None else 0.0)
+        new_gap = abs(gap - 2 * delta)
+        if delta > 0 and new_gap < best_gap - 1e-9:
+            best, best_gap = (i, j), new_gap
+    return best

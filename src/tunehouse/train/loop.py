@@ -2,12 +2,14 @@
 
 Per optimiser step: the step's examples (a random batch, see ``data.packing``) are packed back
 to back into rows under a token budget (no padding; attention stays inside each example, see
-``train.attention``); on a CPU the rows run on one single-threaded worker per core
-(``train.parallel``), largest first. Each row runs forward in bf16 autocast where the hardware
-has it, the loss is computed only on trained tokens (``train.model.packed_token_loss``, the
-head's gradient fused in, ``train.head``) and normalised by the trained tokens of the whole
-step; gradients are summed in row order, then AdamW steps at the scheduled learning rate.
-Logging, checkpointing and evaluation live in their own modules; this file only sequences them.
+``train.attention``); on a CPU the examples are first split into one group of nearly equal
+estimated cost per single-threaded worker (one per core, ``train.parallel``), each group packed
+into its own rows, so that the workers finish the step together with few, large rows. Each row
+runs forward in bf16 autocast where the hardware has it, the loss is computed only on trained
+tokens (``train.model.packed_token_loss``, the head's gradient fused in, ``train.head``) and
+normalised by the trained tokens of the whole step; gradients are summed in row order, then
+AdamW steps at the scheduled learning rate. Logging, checkpointing and evaluation live in their
+own modules; this file only sequences them.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch
 
 from tunehouse import models
 from tunehouse.config import TrainConfig
-from tunehouse.data.packing import epoch_batches, pack_groups
+from tunehouse.data.packing import balanced_split, epoch_batches, pack_groups
 from tunehouse.errors import InvalidFile, InvalidRequest
 from tunehouse.train import data as tdata
 from tunehouse.train.callbacks import TrainCallbacks
@@ -41,8 +43,8 @@ from tunehouse.train.parallel import MemoryReleaser, StepWorkers, keep_heap_bloc
 from tunehouse.train.state import RunState, finish_run, restore, save_checkpoint
 
 TOKEN_BUDGET = 2048  # tokens per packed micro-batch on CUDA: bounds activation memory
-CPU_ROW_TOKENS = 512  # tokens per packed row on CPU, whatever the number of workers
-TAIL_ROWS = 2  # on CPU a step's last rows are split into one example each (see ``_rows``)
+CPU_ROW_TOKENS = 1024  # tokens per packed row on CPU: few, large rows (each row costs a worker
+# about 0.1-0.25 s on top of its tokens: the weights streamed per matmul, Python, its gradient)
 
 
 @dataclass
@@ -187,7 +189,8 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = lr
         n_targets = sum(self.train_set[i].n_targets for i in batch)
-        stats = self.workers.gradients("_row_loss", self._rows(batch, self.train_set), n_targets)
+        rows, groups = self._rows(batch, self.train_set)
+        stats = self.workers.gradients("_row_loss", rows, n_targets, groups=groups)
         loss_sum, correct, tokens = (sum(col) for col in zip(*stats))
         torch.nn.utils.clip_grad_norm_(self._trainable, self.cfg.max_grad_norm)
         self.opt.step()
@@ -215,25 +218,36 @@ class Trainer:
     def _trainable(self) -> list[torch.Tensor]:
         return [p for g in self.opt.param_groups for p in g["params"]]
 
-    def _rows(self, idx: list[int], examples: list[Any]) -> list[Packed]:
-        """Examples ``idx`` packed into rows under the token budget, most work first."""
+    def _rows(self, idx: list[int], examples: list[Any]) -> tuple[list[Packed], list[int]]:
+        """Examples ``idx`` packed into rows under the token budget, and each row's group.
+
+        On CPU the examples are first split into ``row_groups`` sets of nearly equal estimated
+        cost (``balanced_split``), one per worker, so that the workers finish the step together;
+        each set is packed into rows on its own, largest first. Rows are listed round-robin over
+        the groups (the order their gradients are summed in), so they arrive nearly in order."""
         lengths = [examples[i].length for i in idx]  # this step's only, not the whole set's
-        rows = pack_groups(range(len(idx)), lengths, self.token_budget)
+        costs = [example_cost(examples[i].length, examples[i].n_targets) for i in idx]
+        n_groups = 1 if self.device.startswith("cuda") else self.row_groups
+        grouped = []
+        for members in balanced_split(costs, n_groups):
+            rows = pack_groups(members, lengths, self.token_budget)
+            grouped.append(sorted(rows, key=lambda r: (-sum(costs[j] for j in r), r)))
+        order = [(rank, g) for g, rows in enumerate(grouped) for rank in range(len(rows))]
+        picked = [(g, grouped[g][rank]) for rank, g in sorted(order)]
+        packed = [pack([(examples[idx[j]].input_ids, examples[idx[j]].labels) for j in row])
+                  for _, row in picked]
+        return packed, [g for g, _ in picked]
 
-        def cost(row: list[int]) -> float:
-            return sum(lengths[j] * (1 + lengths[j] / 2048) for j in row)
-
-        rows.sort(key=cost, reverse=True)
-        if not self.device.startswith("cuda"):  # small rows last: CPU workers finish together
-            tail = sorted(([j] for r in rows[-TAIL_ROWS:] for j in r), key=cost, reverse=True)
-            rows = rows[:-TAIL_ROWS] + tail
-        return [pack([(examples[idx[j]].input_ids, examples[idx[j]].labels) for j in row])
-                for row in rows]
+    @property
+    def row_groups(self) -> int:
+        """Groups a CPU step's examples are split into: one per worker, and two for one worker,
+        so that one or two workers compute the same rows (and, summed in row order, the same
+        gradients)."""
+        return max(2, self.workers.n)
 
     @property
     def token_budget(self) -> int:
-        """Tokens per packed row. On CPU the same for any number of workers, so that one or
-        several workers compute the same rows and, summed in row order, the same gradients."""
+        """Tokens per packed row (on CPU the same for any number of workers)."""
         return TOKEN_BUDGET if self.device.startswith("cuda") else CPU_ROW_TOKENS
 
     # ----- validation -----------------------------------------------------------------------
@@ -249,7 +263,8 @@ class Trainer:
         return float(loss), n, c
 
     def _loss_over(self, idx: list[int]) -> tuple[float, float]:
-        stats = self.workers.map("_row_valid", self._rows(idx, self.valid_set))
+        rows, groups = self._rows(idx, self.valid_set)
+        stats = self.workers.map("_row_valid", rows, groups=groups)
         total, n_all, c_all = (sum(col) for col in zip(*stats))
         return total / max(1, n_all), c_all / max(1, n_all)
 
@@ -280,6 +295,13 @@ class Trainer:
                            trained_tokens=st.trained_tokens, best_step=st.best_step,
                            stopped_early=st.stopped_early, interrupted=st.interrupted,
                            metrics=self.metrics.rows[-1] if self.metrics.rows else {})
+
+
+def example_cost(length: int, targets: int) -> float:
+    """An example's estimated share of a step's compute, in tokens: its tokens, attention's
+    quadratic term and the vocabulary head on its trained tokens (fitted to one-thread timings
+    of single- and multi-example rows on a 2-core CPU; ``benchmarks/README.md``)."""
+    return length * (1 + length / 2048) + targets / 3
 
 
 def _context_of(path: str) -> int:

@@ -12,7 +12,12 @@ The workers are forked on first use, after the model is ready, so they share its
 with the training process (copy-on-write, never written) and start in milliseconds. The
 trainable parameters are moved to shared memory before the fork: the optimiser, which runs in
 the training process, updates them in place and every worker computes with the new values.
-Workers take the next item as soon as they are free, largest first; each item's gradient
+Items may come in groups (``groups=``, one label per item; the trainer splits a step's
+examples into as many cost-balanced groups as there are workers): worker ``i`` takes the items
+of group ``i`` in order, and once those are gone it takes the last item left of the group with
+the most left (the smallest there, as groups list their largest first), so the workers finish a
+step together even where the cost estimate was off. Without groups every worker takes the next
+item of one queue as soon as it is free. Each item's gradient
 (``torch.autograd.grad``, a copy of the trainable parameters' size: a few MB for LoRA adapters)
 comes back over a pipe and is added strictly in item order, so the result does not depend on
 which worker ran what or when. What an item computes is a method of the owner (the trainer),
@@ -77,17 +82,21 @@ class StepWorkers:
         self._next: Any = None
         self._busy = False  # a request is out and not all workers have reported back
 
-    def map(self, method: str, items: Sequence[Any], *args: Any) -> list[Any]:
-        """``[owner.method(item, *args) for item in items]``, items run on free workers."""
+    def map(self, method: str, items: Sequence[Any], *args: Any,
+            groups: Sequence[int] | None = None) -> list[Any]:
+        """``[owner.method(item, *args) for item in items]``, items run on free workers
+        (``groups``: see the module's docstring)."""
         if self.n == 1:
             fn = getattr(self.owner, method)
             return [fn(item, *args) for item in items]
-        return self._run(False, method, items, args)
+        return self._run(False, method, items, args, groups)
 
-    def gradients(self, method: str, items: Sequence[Any], *args: Any) -> list[Any]:
+    def gradients(self, method: str, items: Sequence[Any], *args: Any,
+                  groups: Sequence[int] | None = None) -> list[Any]:
         """Set every parameter's ``.grad`` to the gradient of the summed losses, where
         ``owner.method(item, *args)`` returns ``(loss, stats)``, the terms added in item order;
-        return the items' stats in item order. Put the largest items first: they start first.
+        return the items' stats in item order. Put the largest items first (of each group): they
+        start first.
         """
         if self.n == 1:
             fn = getattr(self.owner, method)
@@ -97,14 +106,18 @@ class StepWorkers:
                 loss.backward()
                 out.append(stats)
             return out
-        return self._run(True, method, items, args)
+        return self._run(True, method, items, args, groups)
 
-    def _run(self, grads: bool, method: str, items: Sequence[Any], args: tuple) -> list[Any]:
+    def _run(self, grads: bool, method: str, items: Sequence[Any], args: tuple,
+             groups: Sequence[int] | None) -> list[Any]:
         if not self._procs:
             self._start()
-        self._next.value = 0
+        queues = _queues(len(items), groups, self.n)
+        with self._next.get_lock():  # every worker is waiting for a request: nobody reads it now
+            for g, queue in enumerate(queues):
+                self._next[2 * g], self._next[2 * g + 1] = 0, len(queue)
         for conn in self._conns:
-            conn.send((grads, method, list(items), args))
+            conn.send((grads, method, list(items), queues, args))
         self._busy = True
         params = self.params()
         summer = _InOrderSum(params) if grads else None
@@ -146,13 +159,13 @@ class StepWorkers:
         release_memory()
         gc.freeze()
         ctx = multiprocessing.get_context("fork")
-        self._next = ctx.Value("q", 0)
+        self._next = ctx.Array("q", 2 * self.n)  # per queue: next from the front, end of what is left
         threads = max(1, torch.get_num_threads() // self.n)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warning from it
         for i in range(self.n):
             mine, theirs = ctx.Pipe()
             proc = ctx.Process(target=_serve, args=(theirs, self.owner, self.params, self._next,
-                                                    threads), name=f"tunehouse-step-{i}", daemon=True)
+                                                    threads, i), name=f"tunehouse-step-{i}", daemon=True)
             proc.start()
             theirs.close()
             self._conns.append(mine)
@@ -197,7 +210,38 @@ def _receive_grads(conn: Connection, params: list[torch.Tensor], present: list[b
     return out
 
 
-def _serve(conn: Connection, owner: Any, params_of: Params, next_item: Any, threads: int) -> None:
+def _queues(n_items: int, groups: Sequence[int] | None, n_queues: int) -> list[list[int]]:
+    """Item indices per queue, in item order: one queue without groups, else one per worker
+    (group labels beyond the workers' count share a queue: label modulo the count)."""
+    if groups is None:
+        return [list(range(n_items))]
+    if len(groups) != n_items:
+        raise ValueError(f"groups has {len(groups)} labels for {n_items} items")
+    queues: list[list[int]] = [[] for _ in range(n_queues)]
+    for k, g in enumerate(groups):
+        queues[g % n_queues].append(k)
+    return queues
+
+
+def _take(state: Any, queues: list[list[int]], me: int) -> int | None:
+    """The next item for worker ``me``: the front of its own queue, else the back of the queue
+    with the most left; None when all are taken. ``state`` holds (front, end) per queue."""
+    with state.get_lock():
+        own = me % len(queues)
+        front, end = state[2 * own], state[2 * own + 1]
+        if front < end:
+            state[2 * own] = front + 1
+            return queues[own][front]
+        left = [state[2 * g + 1] - state[2 * g] for g in range(len(queues))]
+        g = max(range(len(queues)), key=lambda q: (left[q], -q))
+        if left[g] <= 0:
+            return None
+        state[2 * g + 1] -= 1
+        return queues[g][state[2 * g + 1]]
+
+
+def _serve(conn: Connection, owner: Any, params_of: Params, next_item: Any, threads: int,
+           me: int) -> None:
     """A worker process: runs items of each request until told to stop or its parent ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -208,12 +252,13 @@ def _serve(conn: Connection, owner: Any, params_of: Params, next_item: Any, thre
     # The items run on a second thread, as the workers did when they were threads: its heap is
     # one of glibc's per-thread arenas (64 MB heaps, handed back when empty) rather than the
     # main arena, whose top glibc keeps up to the trim threshold (``keep_heap_blocks``).
-    loop = threading.Thread(target=_serve_items, args=(conn, owner, params_of, next_item, threads))
+    loop = threading.Thread(target=_serve_items, args=(conn, owner, params_of, next_item, threads, me))
     loop.start()
     loop.join()
 
 
-def _serve_items(conn: Connection, owner: Any, params_of: Params, next_item: Any, threads: int) -> None:
+def _serve_items(conn: Connection, owner: Any, params_of: Params, next_item: Any, threads: int,
+                 me: int) -> None:
     torch.set_num_threads(threads)  # per thread (OpenMP)
     params, release = params_of(), MemoryReleaser(resident=private_bytes)
     while True:
@@ -223,13 +268,11 @@ def _serve_items(conn: Connection, owner: Any, params_of: Params, next_item: Any
             return
         if request is None:
             return
-        grads, method, items, args = request
+        grads, method, items, queues, args = request
         fn = getattr(owner, method)
         while True:
-            with next_item.get_lock():
-                k = next_item.value
-                next_item.value = k + 1
-            if k >= len(items):
+            k = _take(next_item, queues, me)
+            if k is None:
                 break
             try:
                 _run_item(conn, fn, items[k], args, k, params if grads else None)
