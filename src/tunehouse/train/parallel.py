@@ -79,7 +79,7 @@ class StepWorkers:
             self.n = 1
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
-        self._next: Any = None
+        self._ends: Any = None
         self._busy = False  # a request is out and not all workers have reported back
 
     def map(self, method: str, items: Sequence[Any], *args: Any,
@@ -113,9 +113,9 @@ class StepWorkers:
         if not self._procs:
             self._start()
         queues = _queues(len(items), groups, self.n)
-        with self._next.get_lock():  # every worker is waiting for a request: nobody reads it now
+        with self._ends.get_lock():  # every worker is waiting for a request: nobody reads it now
             for g, queue in enumerate(queues):
-                self._next[2 * g], self._next[2 * g + 1] = 0, len(queue)
+                self._ends[2 * g], self._ends[2 * g + 1] = 0, len(queue)
         for conn in self._conns:
             conn.send((grads, method, list(items), queues, args))
         self._busy = True
@@ -159,12 +159,12 @@ class StepWorkers:
         release_memory()
         gc.freeze()
         ctx = multiprocessing.get_context("fork")
-        self._next = ctx.Array("q", 2 * self.n)  # per queue: next from the front, end of what is left
+        self._ends = ctx.Array("q", 2 * self.n)  # per queue: next from the front, end of what is left
         threads = max(1, torch.get_num_threads() // self.n)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warning from it
         for i in range(self.n):
             mine, theirs = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(theirs, self.owner, self.params, self._next,
+            proc = ctx.Process(target=_serve, args=(theirs, self.owner, self.params, self._ends,
                                                     threads, i), name=f"tunehouse-step-{i}", daemon=True)
             proc.start()
             theirs.close()
@@ -240,7 +240,7 @@ def _take(state: Any, queues: list[list[int]], me: int) -> int | None:
         return queues[g][state[2 * g + 1]]
 
 
-def _serve(conn: Connection, owner: Any, params_of: Params, next_item: Any, threads: int,
+def _serve(conn: Connection, owner: Any, params_of: Params, ends: Any, threads: int,
            me: int) -> None:
     """A worker process: runs items of each request until told to stop or its parent ends."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the parent, which stops us
@@ -252,12 +252,12 @@ def _serve(conn: Connection, owner: Any, params_of: Params, next_item: Any, thre
     # The items run on a second thread, as the workers did when they were threads: its heap is
     # one of glibc's per-thread arenas (64 MB heaps, handed back when empty) rather than the
     # main arena, whose top glibc keeps up to the trim threshold (``keep_heap_blocks``).
-    loop = threading.Thread(target=_serve_items, args=(conn, owner, params_of, next_item, threads, me))
+    loop = threading.Thread(target=_serve_items, args=(conn, owner, params_of, ends, threads, me))
     loop.start()
     loop.join()
 
 
-def _serve_items(conn: Connection, owner: Any, params_of: Params, next_item: Any, threads: int,
+def _serve_items(conn: Connection, owner: Any, params_of: Params, ends: Any, threads: int,
                  me: int) -> None:
     torch.set_num_threads(threads)  # per thread (OpenMP)
     params, release = params_of(), MemoryReleaser(resident=private_bytes)
@@ -271,7 +271,7 @@ def _serve_items(conn: Connection, owner: Any, params_of: Params, next_item: Any
         grads, method, items, queues, args = request
         fn = getattr(owner, method)
         while True:
-            k = _take(next_item, queues, me)
+            k = _take(ends, queues, me)
             if k is None:
                 break
             try:
