@@ -2,10 +2,12 @@
 
 An optimiser step takes ``batch_size`` examples (OpenAI's meaning of batch size). The training
 loop draws random batches (``epoch_batches(..., group=1)``) and packs each step's examples back
-to back into rows under a token budget (``pack_groups``), so lengths need not match. Padded
-batches (DPO pairs) are cut by ``micro_batches`` under a padded-token budget; ``group > 1``
-would sort mega-batches of ``group`` steps by length so that similar lengths share a batch. The order
-depends only on ``(seed, epoch)``, which makes resume skip exactly the batches already seen.
+to back into rows under a token budget (``pack_groups``), so lengths need not match; on a CPU
+the step's examples are first split into one group of nearly equal cost per worker
+(``balanced_split``), each packed on its own. Padded batches (DPO pairs) are cut by
+``micro_batches`` under a padded-token budget; ``group > 1`` would sort mega-batches of
+``group`` steps by length so that similar lengths share a batch. The order depends only on
+``(seed, epoch)``, which makes resume skip exactly the batches already seen.
 """
 
 from __future__ import annotations
