@@ -91,3 +91,17 @@ def ids_for(tok):
 
     torch.manual_seed(3)
     return torch.randint(0, len(tok), (2, 19))
+
+
+def count_applies(monkeypatch, node) -> dict:
+    """Count the calls of an autograd Function's ``apply`` from now on (``["n"]``), so that a
+    test of a fused node cannot pass on the module's own fallback alone."""
+    calls = {"n": 0}
+    apply = node.apply
+
+    def counted(*args):
+        calls["n"] += 1
+        return apply(*args)
+
+    monkeypatch.setattr(node, "apply", counted)
+    return calls

@@ -5,7 +5,7 @@ and leave alone what it does not reproduce."""
 
 import torch
 
-from th_support import ids_for, lora_model, run
+from th_support import count_applies, ids_for, lora_model, run
 from tunehouse.train import mlp
 from tunehouse.train.lora import use_fused_lora
 from tunehouse.train.mlp import use_fused_mlps
@@ -24,10 +24,9 @@ def test_fp32_same_outputs_and_gradients(tiny_tokenizer, monkeypatch):
     use_fused_lora(model)
     ref_out, ref_grads = run(model, ids)
     assert use_fused_mlps(model) == 2  # one MLP per decoder layer
-    calls, apply = [], mlp._SwiGLU.apply
-    monkeypatch.setattr(mlp._SwiGLU, "apply", lambda *a: calls.append(1) or apply(*a))
+    calls = count_applies(monkeypatch, mlp._SwiGLU)
     out, grads = run(model, ids)
-    assert len(calls) == 2  # the fused node ran, not the fallback
+    assert calls["n"] == 2  # the fused node ran, not the fallback
     assert torch.equal(out, ref_out)
     assert grads.keys() == ref_grads.keys()
     for name, g in grads.items():

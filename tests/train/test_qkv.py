@@ -8,6 +8,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from th_support import count_applies
 from tunehouse.config import LoraConfig, TrainConfig
 from tunehouse.data.tokenize import encode_chat
 from tunehouse.train import qkv
@@ -44,15 +45,7 @@ def model_for(tok, *, bias=False, dtype=torch.float32, cls=LlamaForCausalLM, con
 @pytest.fixture
 def node_calls(monkeypatch):
     """How many times the fused node ran (so a test cannot pass on the fallback alone)."""
-    calls = {"n": 0}
-    apply = qkv._QKVRotary.apply
-
-    def counted(*args):
-        calls["n"] += 1
-        return apply(*args)
-
-    monkeypatch.setattr(qkv._QKVRotary, "apply", counted)
-    return calls
+    return count_applies(monkeypatch, qkv._QKVRotary)
 
 
 def row(tok):

@@ -43,8 +43,8 @@ from tunehouse.train.parallel import MemoryReleaser, StepWorkers, keep_heap_bloc
 from tunehouse.train.state import RunState, finish_run, restore, save_checkpoint
 
 TOKEN_BUDGET = 2048  # tokens per packed micro-batch on CUDA: bounds activation memory
-CPU_ROW_TOKENS = 1024  # tokens per packed row on CPU: few, large rows (each row costs a worker
-# about 0.1-0.25 s on top of its tokens: the weights streamed per matmul, Python, its gradient)
+CPU_ROW_TOKENS = 1024  # tokens per packed row on CPU: few, large rows (each row cost a worker
+# about 0.1-0.25 s on top of its tokens, measured; benchmarks/README.md, eleventh revision)
 
 
 @dataclass

@@ -114,8 +114,9 @@ class StepWorkers:
             self._start()
         queues = _queues(len(items), groups, self.n)
         with self._ends.get_lock():  # every worker is waiting for a request: nobody reads it now
+            ends = self._ends.get_obj()
             for g, queue in enumerate(queues):
-                self._ends[2 * g], self._ends[2 * g + 1] = 0, len(queue)
+                ends[2 * g], ends[2 * g + 1] = 0, len(queue)
         for conn in self._conns:
             conn.send((grads, method, list(items), queues, args))
         self._busy = True
@@ -227,17 +228,18 @@ def _take(state: Any, queues: list[list[int]], me: int) -> int | None:
     """The next item for worker ``me``: the front of its own queue, else the back of the queue
     with the most left; None when all are taken. ``state`` holds (front, end) per queue."""
     with state.get_lock():
+        ends = state.get_obj()  # the raw array: the lock is held already
         own = me % len(queues)
-        front, end = state[2 * own], state[2 * own + 1]
+        front, end = ends[2 * own], ends[2 * own + 1]
         if front < end:
-            state[2 * own] = front + 1
+            ends[2 * own] = front + 1
             return queues[own][front]
-        left = [state[2 * g + 1] - state[2 * g] for g in range(len(queues))]
+        left = [ends[2 * g + 1] - ends[2 * g] for g in range(len(queues))]
         g = max(range(len(queues)), key=lambda q: (left[q], -q))
         if left[g] <= 0:
             return None
-        state[2 * g + 1] -= 1
-        return queues[g][state[2 * g + 1]]
+        ends[2 * g + 1] -= 1
+        return queues[g][ends[2 * g + 1]]
 
 
 def _serve(conn: Connection, owner: Any, params_of: Params, ends: Any, threads: int,
